@@ -1,0 +1,1 @@
+"""ResBin: deploy stage."""

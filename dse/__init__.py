@@ -1,0 +1,1 @@
+"""ResBin: dse stage."""

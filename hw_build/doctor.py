@@ -1,0 +1,69 @@
+"""`make doctor`: what this machine has for ResBin, and what each absence disables.
+
+Usage: python -m hw_build.doctor [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+
+from hw_build.finn_env import tools
+
+PACKAGES = ("torch", "brevitas", "qonnx", "finn-plus", "onnx", "onnxruntime", "numpy", "tqdm",
+            "matplotlib", "statsmodels", "ray", "nbclient", "pytest")
+
+# tool -> what its absence disables (the flow stops cleanly there; everything before it runs)
+DISABLES = {
+    "vitis_hls": "HLS IP generation (step_hw_ipgen) and everything after it: no bitfile",
+    "vivado": "FIFO sizing, stitched IP, rtlsim, synthesis and the bitfile",
+    "finn-hlslib": "C++ simulation (cppsim) of the HLS layers",
+    "hls_headers": "C++ simulation (cppsim) of the HLS layers",
+    "g++": "C++ simulation (cppsim) of the HLS layers",
+    "verilator": "Verilator simulation of FINN's RTL layers (optional)",
+    "pynq_board": "the `pynq` backend of deploy/ (the `sim` backend still runs)",
+}
+
+
+def report() -> dict:
+    pkgs = {}
+    for name in PACKAGES:
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    torch_cuda = None
+    if pkgs["torch"]:
+        import torch
+        torch_cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "packages": pkgs, "cuda_device": torch_cuda, "tools": tools()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw_build.doctor", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = ap.parse_args(argv)
+    rep = report()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"Python {rep['python']} on {rep['platform']}")
+    print(f"GPU for training: {rep['cuda_device'] or 'none (training runs on the CPU)'}")
+    print("\nPython packages:")
+    for name, ver in rep["packages"].items():
+        print(f"  {name:<12} {ver or 'MISSING (run: make setup)'}")
+    print("\nTools:")
+    for name, t in rep["tools"].items():
+        state = f"found {t['version'] or ''} {t['path'] or ''}".rstrip() if t["found"] else "absent"
+        print(f"  {name:<12} {state}")
+        if not t["found"] and name in DISABLES:
+            print(f"  {'':<12} -> disables {DISABLES[name]}")
+    missing = [n for n, v in rep["packages"].items() if v is None]
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

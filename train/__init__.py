@@ -1,0 +1,1 @@
+"""ResBin: train stage."""
