@@ -22,7 +22,7 @@ COLUMNS = (
      *OPTION_COLUMNS, "options",
      "status", "error",
      "test_acc", "val_acc", "test_loss", "val_loss", "thesis_size_kib", "relative_size",
-     "deployed_kib", "seconds", "seed", "recipe", "epochs", "limit_train",
+     "deployed_kib", "train_seconds", "seconds", "seed", "recipe", "epochs", "limit_train",
      *HW_COLUMNS, "run_dir", "finished")
 )
 KEY = ("spec", "options")

@@ -46,8 +46,12 @@ def check_digest(label: str, rf: RemoteFile, got: str, extra: str = "") -> None:
                         f"{extra}); delete the file to download the official one again")
 
 
-def digest_bytes(data: bytes, algo: str = "sha256") -> str:
-    return hashlib.new(algo, data).hexdigest()
+def digest_bytes(*parts, algo: str = "sha256") -> str:
+    """Digest of the concatenated buffers (bytes or contiguous numpy arrays)."""
+    h = hashlib.new(algo)
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def digest_file(path: Path, algo: str = "sha256") -> str:
@@ -74,7 +78,7 @@ def verify_file(path: Path, rf: RemoteFile, label: str | None = None) -> None:
     label = label or path.name
     if rf.of_content:
         data = gunzip(path) if _is_gzip(path) else path.read_bytes()
-        check_digest(label, rf, digest_bytes(data, rf.algo))
+        check_digest(label, rf, digest_bytes(data, algo=rf.algo))
     else:
         check_digest(label, rf, digest_file(path, rf.algo), f"; {path.stat().st_size} bytes")
 

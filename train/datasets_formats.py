@@ -65,31 +65,33 @@ def _x(dims) -> str:
 
 
 def read_idx(path: Path, kind: str) -> tuple[np.ndarray, bytes]:
-    """(array, whole decompressed content) of an IDX uint8 file, .gz or raw.
+    """(array, header bytes) of an IDX uint8 file, .gz or raw.
 
-    Images come back as (N, H, W) or (N, H, W, C), labels as (N,). The content is returned for
-    digest checks so that the data are decompressed only once.
+    Images come back as (N, H, W) or (N, H, W, C), labels as (N,), writable. The header is returned
+    so that digests of the whole decompressed file need no second pass (header + array bytes).
     """
     try:
         with _open(path) as f:
             dims, header = _parse_header(path, f, kind)
-            expected = int(np.prod(dims))
+            arr = np.empty(dims, dtype=np.uint8)
+            buf, got = memoryview(arr.reshape(-1)), 0
             try:
-                body = f.read(expected)
+                while got < arr.size and (n := f.readinto(buf[got:])):
+                    got += n
                 extra = len(f.read(1 << 16))
             except EOFError:
-                raise DataError(f"{path.name}: truncated gzip stream (expected {expected} bytes of {kind} "
+                raise DataError(f"{path.name}: truncated gzip stream (expected {arr.size} bytes of {kind} "
                                 f"data)") from None
     except EOFError:
         raise DataError(f"{path.name}: truncated gzip stream (in the IDX header)") from None
     except (OSError, zlib.error) as e:
         raise DataError(f"{path.name}: corrupt gzip stream ({e})") from None
-    if len(body) < expected:
-        raise DataError(f"{path.name}: truncated ({len(body)} bytes of {kind} data, expected {expected} "
+    if got < arr.size:
+        raise DataError(f"{path.name}: truncated ({got} bytes of {kind} data, expected {arr.size} "
                         f"for {_x(dims)})")
     if extra:
         raise DataError(f"{path.name}: unexpected bytes after the {kind} data (header says {_x(dims)})")
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims), header + body
+    return arr, header
 
 
 # ---------------------------------------------------------------- pickles (CIFAR batches, Keras npz)

@@ -1,0 +1,250 @@
+"""CLI: `python -m dse {sweep,report,pareto,bench} ...` (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}") from None
+
+
+def _strs(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _fps(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a frame rate such as 1e6 expected, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"frame rate must be > 0, got {text!r}")
+    return v
+
+
+AXIS_ARGS = (("input_bits", "--input-bits", _ints, "input quantizer bits, e.g. 1,2,4,8"),
+             ("shortcut_weight_bits", "--shortcut-bits", _ints, "Q/P shortcut weight bits, e.g. 2,4,8"),
+             ("add_bits", "--add-bits", _ints, "bits of the shared residual-add quantizer"),
+             ("output_weight_bits", "--output-bits", _ints, "output layer weight bits"),
+             ("pool_window", "--pool-window", _ints, "P shortcut pooling window(s)"),
+             ("pool_mode", "--pool-mode", _strs, "P shortcut pooling: flat,vertical"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dse.pareto import ParetoError
+    from dse.report import ReportError
+    from dse.results import ResultsError
+    from dse.sweep import SweepError
+
+    errs = [SweepError, ResultsError, ParetoError, ReportError]
+    for mod, name in (("train.spec", "SpecError"), ("train.models", "ModelError"), ("train.data", "DataError"),
+                      ("train.recipes", "RecipeError"), ("hw_build.boards", "BoardError")):
+        try:
+            errs.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+def _grid(args) -> dict:
+    return {k: getattr(args, k) for k, *_ in AXIS_ARGS if getattr(args, k) is not None}
+
+
+def cmd_sweep(args) -> int:
+    from dse.sweep import run_sweep
+
+    run_sweep(args.dataset, args.widths, recipe=args.recipe, epochs=args.epochs, sample=args.sample,
+              limit=args.limit, seed=args.seed, options_grid=_grid(args), first_widths=args.first_width,
+              board=args.board, target_fps=args.target_fps, estimate=not args.no_estimate, out_dir=args.out,
+              parallel=args.parallel, ray_address=args.ray_address, data_dir=args.data_dir,
+              variants=args.variants, progress=not args.quiet)
+    return 0
+
+
+def _sweeps(args) -> list[Path]:
+    from dse.pareto import ParetoError, sweep_dirs_for
+
+    if args.sweep:
+        return [Path(s) for s in args.sweep]
+    if not args.dataset:
+        raise ParetoError("give --sweep DIR (one or more) or --dataset NAME")
+    found = sweep_dirs_for(args.dataset)
+    if not found:
+        raise ParetoError(f"no finished sweep of {args.dataset} under the runs root's sweeps/ "
+                          "(run `python -m dse sweep` first, or pass --sweep DIR)")
+    return found
+
+
+def cmd_report(args) -> int:
+    from dse.report import write_report
+
+    path = write_report(_sweeps(args), args.out, board=args.board, target_fps=args.target_fps)
+    print(path)
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    from dse.pareto import choose, describe, make_args
+
+    row = choose(_sweeps(args), args.board, args.target_fps, min_accuracy=args.min_accuracy,
+                 estimate_missing=not args.no_estimate, progress=not args.emit_make_args)
+    assignments = make_args(row, board=args.board, target_fps=args.target_fps)
+    if args.emit_make_args:
+        print(" ".join(assignments))
+    else:
+        print(describe(row))
+        print("make bitstream " + " ".join(assignments))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """The benchmark sweeps: all 1-layer variants and a seeded sample of the 2-layer ones, then the report."""
+    from dse.report import write_report
+    from dse.sweep import default_sweep_dir, run_sweep
+
+    plan = [(args.widths1, None), (args.widths2, args.sample)]
+    timing, dirs = [], []
+    for widths, sample in plan:
+        ws = tuple(int(w) for w in widths.split(","))
+        out = default_sweep_dir(args.dataset, ws, args.recipe, sample)
+        if args.limit:
+            out = out.with_name(out.name + f"_l{args.limit}")
+        t0 = time.time()
+        df = run_sweep(args.dataset, widths, recipe=args.recipe, epochs=args.epochs, sample=sample,
+                       limit=args.limit, seed=args.seed, out_dir=out, parallel=args.parallel,
+                       data_dir=args.data_dir, progress=not args.quiet)
+        wall = time.time() - t0
+        cfg = json.loads((out / "sweep.json").read_text())
+        trained = sum((r.get("ok") or 0) + (r.get("failed") or 0) for r in cfg.get("runs", []))
+        total_wall = sum(r.get("wall_seconds") or 0 for r in cfg.get("runs", []))
+        timing.append({"sweep": str(out), "widths": widths, "sample": sample, "rows": len(df),
+                       "ok": int((df["status"] == "ok").sum()), "wall_seconds_this_call": round(wall, 1),
+                       "wall_seconds_all_runs": round(total_wall, 1), "variants_trained": trained,
+                       "variants_per_hour": round(3600 * trained / total_wall, 1) if total_wall else None})
+        dirs.append(out)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"machine": _machine(), "recipe": args.recipe, "epochs": args.epochs,
+                                                "limit": args.limit, "seed": args.seed, "sweeps": timing},
+                                               indent=2) + "\n")
+    path = write_report(dirs, out)
+    for t in timing:
+        print(f"{t['widths']}: {t['ok']}/{t['rows']} ok, {t['wall_seconds_all_runs']} s, "
+              f"{t['variants_per_hour']} variants/hour")
+    print(path)
+    return 0
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dse", description="Design-space exploration of binary residual "
+                                "MLPs: the thesis's sweep (Ray), its analysis and report, a board-aware choice.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("sweep", help="train every variant (or a sample) of the base widths; resumable",
+                       description="Train and evaluate all valid variants of the base widths (thesis order), "
+                       "or a seeded sample, plus F-<widths> and B-<widths>, crossed with the option axes; "
+                       "one row per variant in <out>/results.csv. A rerun skips finished rows. Runs on Ray: "
+                       "locally with --parallel CPUs, or on the cluster named by RAY_ADDRESS / --ray-address.")
+    s.add_argument("--dataset", required=True, help="mnist, cifar10, imdb, reuters or idx:<dir>")
+    s.add_argument("--widths", required=True, help="base hidden widths, e.g. 128,88")
+    s.add_argument("--recipe", default="thesis", help="training recipe (default thesis)")
+    s.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    s.add_argument("--limit", type=int, help="train on the first N training examples only")
+    s.add_argument("--sample", type=int, help="a seeded random sample of N variants instead of all")
+    s.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
+    s.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(";") if v.strip()],
+                   help="only these variants, ';'-separated, e.g. 'B-128N,PN;B-D128N,QN,D' (plus F-/B- baselines)")
+    s.add_argument("--first-width", type=_ints, help="axis over the first hidden width, e.g. 64,128,256")
+    for key, flag, typ, hlp in AXIS_ARGS:
+        s.add_argument(flag, dest=key, type=typ, help=f"option axis: {hlp}")
+    s.add_argument("--board", help="add FINN estimates for FPGA-able variants on this board, e.g. Pynq-Z2")
+    s.add_argument("--target-fps", type=_fps, help="frame rate for the estimates (default: fastest that fits)")
+    s.add_argument("--no-estimate", action="store_true", help="skip the FINN estimates even with --board")
+    s.add_argument("--out", help="sweep folder (default <runs>/sweeps/<dataset>/<widths>_<recipe>[_s<N>])")
+    s.add_argument("--parallel", type=int, help="local Ray workers (default: CPU count)")
+    s.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--data-dir", help="data set folder (default $RESBIN_DATA/<name>)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(fn=cmd_sweep)
+
+    r = sub.add_parser("report", help="markdown report with plots from finished sweeps",
+                       description="Write report.md with PNG plots: consolidated table beside the thesis's, "
+                       "OLS regression, sizes, accuracy vs size/LUT/fps with Pareto fronts, recommendations.")
+    r.add_argument("--sweep", nargs="+", help="sweep folder(s) of one data set")
+    r.add_argument("--dataset", help="instead of --sweep: every sweep of this data set under <runs>/sweeps")
+    r.add_argument("--out", help="report folder (default: the first sweep folder)")
+    r.add_argument("--board", help="board of the hardware section (default: the one in the table)")
+    r.add_argument("--target-fps", type=_fps, help="frame rate of the chosen design (default: the table's)")
+    r.set_defaults(fn=cmd_report)
+
+    q = sub.add_parser("pareto", help="most accurate variant that fits a board at a frame rate",
+                       description="From finished sweeps: the most accurate FPGA-able variant that fits the "
+                       "board at >= --target-fps (FINN estimates, made where the tables lack them), or with "
+                       "--min-accuracy and no target the highest frame rate reachable at that accuracy. "
+                       "Prints the `make bitstream` command line.")
+    q.add_argument("--sweep", nargs="+", help="sweep folder(s)")
+    q.add_argument("--dataset", help="instead of --sweep: every sweep of this data set under <runs>/sweeps")
+    q.add_argument("--board", required=True, help="e.g. Pynq-Z2")
+    q.add_argument("--target-fps", type=_fps, help="required estimated frame rate, e.g. 1e6")
+    q.add_argument("--min-accuracy", type=float, help="only variants at least this accurate (test)")
+    q.add_argument("--no-estimate", action="store_true", help="use only the estimates already made")
+    q.add_argument("--emit-make-args", action="store_true", help="print only the make variable assignments")
+    q.set_defaults(fn=cmd_pareto)
+
+    b = sub.add_parser("bench", help="the benchmark: full 1-layer sweep + 2-layer sample, timed, with report",
+                       description="Full sweep of --widths1 (56 variants for one layer) and a seeded sample of "
+                       "--sample variants of --widths2, thesis recipe by default; writes bench.json (wall time, "
+                       "variants/hour) and the report into --out. Resumable like `sweep`.")
+    b.add_argument("--dataset", default="mnist")
+    b.add_argument("--widths1", default="128")
+    b.add_argument("--widths2", default="128,88")
+    b.add_argument("--sample", type=int, default=56)
+    b.add_argument("--recipe", default="thesis")
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--limit", type=int, help="training examples per variant (default: all)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--parallel", type=int)
+    b.add_argument("--data-dir")
+    b.add_argument("--out", default="docs/results/mnist-sweep", help="report folder (default docs/results/mnist-sweep)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, batch schedulers) ends like Ctrl-C: Ray is shut down
+
+
+def main(argv=None) -> int:
+    import signal
+
+    args = build_parser().parse_args(argv)
+    if args.cmd in ("sweep", "bench", "pareto"):
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.fn(args)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished variants are in the results table; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

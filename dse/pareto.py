@@ -1,0 +1,217 @@
+"""Board-aware choice from finished sweeps: the most accurate variant that fits at a frame rate.
+
+    from dse.pareto import choose
+    row = choose(["runs/sweeps/mnist/128_thesis"], "Pynq-Z2", target_fps=1e6)
+
+Candidates are the sweeps' ok, FPGA-able rows, most accurate first. A row's FINN estimate is
+taken from the table when it decides the question (same board; estimated at the asked frame rate
+or faster, or at the fastest folding that fits); otherwise hw_build estimates it now (no
+synthesis) and the result is cached in `<sweep>/estimates.csv`. The search stops at the first
+candidate that fits, so only as many variants are estimated as needed.
+Without a target frame rate, `min_accuracy` asks the other question: among the variants at least
+that accurate, the one with the highest frame rate reachable on the board.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+from dse import results as R
+from dse.sweep import estimate_row
+
+FPS_TOL = 0.999  # FINN's folding lands on whole cycles: 1e6 requested -> 1,020,408 or 1,000,000
+EST_COLUMNS = ("spec", "options", "run_dir", "board", "target_fps", "est_fps", "lut", "bram18", "dsp",
+               "fits", "hw_error")
+MAKE_VARS = {"input_bits": "INPUT_BITS", "shortcut_weight_bits": "SHORTCUT_BITS", "add_bits": "ADD_BITS",
+             "output_weight_bits": "OUTPUT_BITS", "pool_window": "POOL_WINDOW", "pool_mode": "POOL_MODE"}
+
+
+class ParetoError(ValueError):
+    """No sweep, no candidate, or nothing that fits; the message says which and where."""
+
+
+def sweep_dirs_for(dataset: str, root=None) -> list[Path]:
+    """Every sweep folder of `dataset` under `<runs root>/sweeps/` (any depth) that has results."""
+    from train.runs import runs_root
+
+    base = Path(root) if root is not None else runs_root() / "sweeps"
+    out = []
+    for cfg in sorted(base.rglob("sweep.json")) if base.exists() else []:
+        try:
+            ident = json.loads(cfg.read_text()).get("identity", {})
+        except json.JSONDecodeError:
+            continue
+        if ident.get("dataset") == dataset and (cfg.parent / "results.csv").exists():
+            out.append(cfg.parent)
+    return out
+
+
+def load_sweeps(sweeps) -> pd.DataFrame:
+    """The latest row per (spec, options) of each sweep, with a `sweep` column, concatenated."""
+    frames = []
+    for d in sweeps:
+        d = Path(d)
+        df = R.read_results(d / "results.csv")
+        df["sweep"] = str(d)
+        cfg = d / "sweep.json"
+        ident = json.loads(cfg.read_text()).get("identity", {}) if cfg.exists() else {}
+        df["dataset"] = ident.get("dataset")
+        frames.append(df)
+    if not frames:
+        raise ParetoError("no sweep folders given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cached(sweep: Path) -> pd.DataFrame:
+    p = sweep / "estimates.csv"
+    if not p.exists():
+        return pd.DataFrame(columns=EST_COLUMNS)
+    return pd.read_csv(p, dtype={"options": str, "board": str, "hw_error": str}, keep_default_na=True) \
+             .assign(options=lambda d: d["options"].fillna(""))
+
+
+def _append_cache(sweep: Path, row: dict) -> None:
+    p = sweep / "estimates.csv"
+    new = not p.exists()
+    with p.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=EST_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in EST_COLUMNS})
+
+
+def _num(v):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def decides(est: dict, board: str, target_fps: float | None) -> bool:
+    """Whether an estimate answers "fits `board` at >= target_fps?" without a new estimate."""
+    if str(est.get("board")) != board or _num(est.get("est_fps")) is None:
+        return False
+    t0 = _num(est.get("target_fps"))
+    if t0 is None:  # the fastest folding that fits: it answers every frame-rate question
+        return True
+    if target_fps is None:
+        return False
+    # a folding meeting the target that fits answers yes; one made for this very target answers
+    return _fits(est, target_fps) or abs(t0 - target_fps) <= target_fps * (1 - FPS_TOL)
+
+
+def _fits(est: dict, target_fps: float | None) -> bool:
+    """The estimate fits the board (and reaches target_fps, if given)."""
+    fps = _num(est.get("est_fps"))
+    fits = _num(est.get("fits")) == 1 or str(est.get("fits")).lower() == "true"
+    return fits and fps is not None and (target_fps is None or fps >= target_fps * FPS_TOL)
+
+
+def _estimate_for(row: pd.Series, board: str, target_fps: float | None, estimate_missing: bool,
+                  estimator) -> dict | None:
+    """An estimate that decides this row at (board, target_fps): from the table, cache or new."""
+    own = {k: row.get(k) for k in R.HW_COLUMNS}
+    if decides(own, board, target_fps):
+        return own
+    sweep = Path(row["sweep"])
+    cache = _cached(sweep)
+    hit = cache[(cache["spec"] == row["spec"]) & (cache["options"] == (row["options"] or ""))]
+    for _, est in hit.iloc[::-1].iterrows():
+        if decides(est.to_dict(), board, target_fps):
+            return est.to_dict()
+    if not estimate_missing:
+        return None
+    est = {"spec": row["spec"], "options": row["options"] or "", "run_dir": row["run_dir"],
+           **estimator(row["run_dir"], board, target_fps)}
+    _append_cache(sweep, est)
+    return est
+
+
+def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy: float | None = None,
+           estimate_missing: bool = True, estimator=None, df: pd.DataFrame | None = None,
+           progress: bool = False) -> dict:
+    """The chosen row (dict, estimate columns filled) or ParetoError.
+
+    target_fps given: the most accurate variant (>= min_accuracy, if given) that fits `board` at
+    >= target_fps. target_fps None: among variants >= min_accuracy (default: all), the one with
+    the highest frame rate that fits, ties broken by accuracy.
+    """
+    from hw_build.boards import get_board
+
+    board = get_board(board).name  # one-line BoardError for an unknown board
+    estimator = estimator or estimate_row
+    df = load_sweeps(sweeps) if df is None else df
+    cands = df[(df["status"] == "ok") & (df["fpga_able"] == 1) & df["test_acc"].notna()]
+    if min_accuracy is not None:
+        cands = cands[cands["test_acc"] >= min_accuracy]
+    cands = cands.sort_values("test_acc", ascending=False, kind="stable")
+    where = ", ".join(sorted(set(map(str, df["sweep"])))) if "sweep" in df else "the table"
+    if not len(cands):
+        raise ParetoError(f"no finished FPGA-able variant{f' with test accuracy >= {min_accuracy}' if min_accuracy else ''} "
+                          f"in {where}")
+    tried = 0
+    best = None
+    for _, row in cands.iterrows():
+        est = _estimate_for(row, board, target_fps, estimate_missing, estimator)
+        tried += 1
+        if est is None:
+            continue
+        if progress:
+            print(f"  {row['spec']}{row['options']}: acc {row['test_acc']:.4f}, "
+                  f"{_num(est.get('est_fps')) or 0:,.0f} fps, fits={_fits(est, None)}", flush=True)
+        if not _fits(est, target_fps):
+            continue
+        out = {**row.to_dict(), **{k: est.get(k) for k in R.HW_COLUMNS}, "board": board, "target_fps": target_fps}
+        if target_fps is not None:
+            return out
+        if best is None or _num(out["est_fps"]) > _num(best["est_fps"]) * (1 + 1e-9):
+            best = out
+    if best is not None:
+        return best
+    what = f"at >= {target_fps:,.0f} fps" if target_fps is not None else "at any frame rate"
+    raise ParetoError(f"none of the {len(cands)} FPGA-able variants in {where} fits {board} {what}"
+                      + ("" if estimate_missing else " (with the estimates in the tables; "
+                         f"{len(cands) - tried} not estimated)"))
+
+
+def make_args(row: dict, *, board: str | None = None, target_fps: float | None = None) -> list[str]:
+    """`VAR=value` assignments that hand the chosen variant to `make bitstream`."""
+    from train.models import ModelOptions
+
+    default = ModelOptions()
+    out = [f"DATASET={row['dataset']}", f"MODEL={row['spec']}"]
+    if row.get("recipe") and row.get("recipe") == row.get("recipe"):
+        out.append(f"RECIPE={row['recipe']}")
+    if _num(row.get("epochs")) is not None:
+        out.append(f"EPOCHS={int(_num(row['epochs']))}")
+    for k, var in MAKE_VARS.items():
+        v = row.get(k)
+        if v is None or v != v:
+            continue
+        v = int(v) if isinstance(getattr(default, k), int) else v
+        if v != getattr(default, k):
+            out.append(f"{var}={v}")
+    out.append(f"BOARD={board or row.get('board')}")
+    t = target_fps if target_fps is not None else _num(row.get("target_fps"))
+    if t is not None:
+        out.append(f"TARGET_FPS={int(t)}")
+    if row.get("run_dir"):
+        out.append(f"RUN={row['run_dir']}")
+    return [shlex.quote(a) for a in out]
+
+
+def describe(row: dict) -> str:
+    fps, lut = _num(row.get("est_fps")), _num(row.get("lut"))
+    run = str(row.get("run_dir") or "")
+    if run.startswith(os.getcwd() + os.sep):
+        run = os.path.relpath(run)
+    return (f"{row['spec']}{row.get('options') or ''}: test accuracy {row['test_acc']:.4f}, "
+            f"{fps:,.0f} fps estimated, {lut:,.0f} LUT, {_num(row.get('bram18')) or 0:,.0f} BRAM18, "
+            f"{_num(row.get('dsp')) or 0:,.0f} DSP on {row.get('board')} (run {run})")

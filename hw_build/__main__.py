@@ -1,0 +1,226 @@
+"""python -m hw_build {estimate,codegen,sim,bitstream,bench}: the FINN build of a trained run.
+
+Exit codes: 0 done; 1 a FINN step failed (see the build log); 2 bad input (unknown board,
+missing run, bad folding file, ...); 3 stopped because a Xilinx tool is missing (the message
+names the tool, the FINN step and what was produced); 4 the design does not fit the board.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_FAILED, EXIT_USER, EXIT_MISSING_TOOL, EXIT_NO_FIT = 1, 2, 3, 4
+DEFAULT_MODEL = "B-D128N,D88N,D88N,QN,D"
+
+EPILOG = f"""exit codes: 0 done, {EXIT_FAILED} a FINN step failed (see build.log in the build folder),
+{EXIT_USER} bad input, {EXIT_MISSING_TOOL} stopped before a step that needs a missing Xilinx tool
+(Vivado / Vitis HLS: the message names it, the step, and what was produced), {EXIT_NO_FIT} the
+estimate does not fit the board (the message gives the numbers and a hint).
+Output: <run>/hw/<board>-<target>/ (report.json, report.md, golden.npz, steps/, build_state.json);
+<target> is fps<N>, folding-<name> or auto (the fastest folding that fits)."""
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("which trained run")
+    src.add_argument("--run", type=Path, help="run folder (with model.qonnx.onnx or a checkpoint)")
+    src.add_argument("--dataset", help="data set (trains/exports first if no run exists yet)")
+    src.add_argument("--model", help=f"model notation with --dataset (default {DEFAULT_MODEL})")
+    src.add_argument("--epochs", type=int, help="epochs if it has to train (default: the recipe's)")
+    src.add_argument("--recipe", default=None, help="training recipe if it has to train")
+    hw = p.add_argument_group("hardware")
+    hw.add_argument("--board", default="Pynq-Z2",
+                    help="Pynq-Z2 (default), Pynq-Z1, Ultra96-V2, ZCU104, KV260")
+    hw.add_argument("--clock-mhz", type=_float, help="clock (default: the board's, 100 MHz)")
+    g = hw.add_mutually_exclusive_group()
+    g.add_argument("--target-fps", type=_float,
+                   help="frame-rate target: the cheapest folding that meets it "
+                        "(default: none = the fastest folding that fits the board)")
+    g.add_argument("--folding", type=Path, help="a FINN folding JSON to apply instead of a search")
+    hw.add_argument("--search", choices=("resource", "stock"), default="resource",
+                    help="folding search with --target-fps: resource-aware (default) or FINN's "
+                         "SetFolding")
+    hw.add_argument("--budget", type=_float, default=0.9,
+                    help="share of the board the default search may fill (default 0.9)")
+    p.add_argument("--out", type=Path, help="build folder (default <run>/hw/<board>-<target>)")
+    p.add_argument("--no-resume", action="store_true", help="rebuild every step")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hw_build", description=__doc__.splitlines()[0],
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("estimate", "HW graph, folding, estimate reports, fit check, golden.npz"),
+                        ("codegen", "... plus the HLS C++ / RTL code of every layer"),
+                        ("bitstream", "... plus IP, FIFO sizing, stitched IP, bitfile, driver, "
+                                      "deployment folder (needs Vivado/Vitis HLS)"),
+                        ("sim", "estimate, then simulate the HW graph on the test set")):
+        p = sub.add_parser(name, help=help_, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p)
+        if name == "sim":
+            p.add_argument("--n", type=int, help="first N test images (default all)")
+    b = sub.add_parser("bench", help="estimate (and simulate) runs at several targets; "
+                                     "write a markdown table", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders")
+    b.add_argument("--targets", nargs="+", default=["1e5", "1e6"],
+                   help="target fps values and/or 'auto' (default 1e5 1e6)")
+    b.add_argument("--board", default="Pynq-Z2")
+    b.add_argument("--clock-mhz", type=_float)
+    b.add_argument("--no-sim", action="store_true", help="skip the test-set simulation")
+    b.add_argument("--n", type=int, help="simulate the first N test images (default all)")
+    b.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    b.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def resolve_run(args) -> Path:
+    """The run folder: --run, or train/export --dataset/--model (reused when it exists)."""
+    from hw_build.build import BuildError
+
+    if args.run is not None and args.dataset is not None:
+        raise BuildError("give either --run or --dataset/--model, not both")
+    if args.run is None and args.dataset is None:
+        raise BuildError("give --run RUN_DIR or --dataset NAME [--model NOTATION]")
+    if args.run is not None:
+        run = args.run
+        if not run.is_dir():
+            raise BuildError(f"{run}: no such run folder")
+    else:
+        from train.models import ModelOptions, options_suffix
+        from train.runs import run_dir
+        from train.spec import ModelSpec
+
+        spec = ModelSpec.parse(args.model or DEFAULT_MODEL)
+        run = run_dir(args.dataset, spec.slug + options_suffix(ModelOptions()))
+        if not (run / "metrics.json").exists():
+            from train.trainer import train_run
+
+            kw = {"epochs": args.epochs, "progress": not args.quiet}
+            if args.recipe:
+                kw["recipe"] = args.recipe
+            # resumes an interrupted run, reuses a finished one, never retrains
+            train_run(args.dataset, spec, resume=(run / "checkpoint.pt").exists(), **kw)
+    qonnx = run / "model.qonnx.onnx"
+    ckpt = run / "checkpoint.pt"
+    if not qonnx.exists() or (ckpt.exists() and ckpt.stat().st_mtime > qonnx.stat().st_mtime):
+        if not ckpt.exists():
+            raise BuildError(f"{run}: neither model.qonnx.onnx nor checkpoint.pt (train it first)")
+        from export.qonnx_export import export_run
+
+        export_run(run)
+    return run
+
+
+def _build_kwargs(args) -> dict:
+    return {"board": args.board, "clock_mhz": args.clock_mhz, "target_fps": args.target_fps,
+            "folding": args.folding, "search": args.search, "budget_fraction": args.budget,
+            "out_dir": args.out, "resume": not args.no_resume, "progress": not args.quiet}
+
+
+def _run(args) -> int:
+    from hw_build.build import build
+
+    if args.cmd == "bench":
+        from hw_build.build import bench
+
+        bench(args.runs, targets=args.targets, board=args.board, clock_mhz=args.clock_mhz,
+              out=args.out, simulate=not args.no_sim, n=args.n, progress=not args.quiet)
+        print(f"wrote {args.out}")
+        return 0
+    from hw_build.boards import get_board
+
+    get_board(args.board)  # an unknown board fails before any training or export
+    run = resolve_run(args)
+    until = {"estimate": "estimate", "sim": "estimate", "codegen": "codegen",
+             "bitstream": "bitstream"}[args.cmd]
+    report = build(run, until=until, **_build_kwargs(args))
+    if args.cmd == "sim":
+        from hw_build.simulate import simulate
+
+        res = simulate(Path(report["out_dir"]), n=args.n, progress=not args.quiet)
+        print(_fmt_sim(res))
+    print(f"hw_build {args.cmd}: done, {report['estimated_fps']:,.0f} fps estimated, "
+          f"{report['out_dir']}")
+    return 0
+
+
+def _fmt_sim(res) -> str:
+    if isinstance(res, dict):
+        return ", ".join(f"{k}: {v}" for k, v in res.items() if not isinstance(v, (list, dict)))
+    return str(res)
+
+
+def _failures() -> tuple:
+    out = []
+    for mod, name in (("hw_build.build", "StepError"), ("hw_build.verify", "DivergenceError"),
+                      ("hw_build.verify", "VerifyError"), ("hw_build.simulate", "SimulationError"),
+                      ("hw_build.golden", "GoldenWriteError"), ("hw_build.steps", "NotHardwareError"),
+                      ("hw_build.finn_fixes", "FixError"), ("export.qonnx_export", "ExportError")):
+        try:
+            out.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from hw_build.boards import BoardError
+    from hw_build.build import BuildError
+    from hw_build.finn_env import FinnCompatError, MissingToolError
+
+    user_errors: tuple = (BuildError, BoardError, FileNotFoundError)
+    try:
+        from hw_build.estimate import DoesNotFitError
+        from hw_build.folding import FoldingError
+
+        user_errors += (FoldingError,)
+    except ImportError:  # FINN itself missing: reported by ensure_finn below
+        DoesNotFitError = ()  # noqa: N806
+    for mod, names in (("train.spec", ("SpecError",)), ("train.data", ("DataError",)),
+                       ("train.trainer", ("TrainError",)), ("train.models", ("ModelError",))):
+        try:
+            m = __import__(mod, fromlist=list(names))
+            user_errors += tuple(getattr(m, n) for n in names if hasattr(m, n))
+        except ImportError:
+            pass
+    try:
+        return _run(args)
+    except MissingToolError as e:
+        print(f"hw_build: {e}", file=sys.stderr)
+        return EXIT_MISSING_TOOL
+    except DoesNotFitError as e:  # type: ignore[misc]
+        print(f"hw_build: {e}", file=sys.stderr)
+        return EXIT_NO_FIT
+    except user_errors as e:
+        print(f"hw_build: {e}", file=sys.stderr)
+        return EXIT_USER
+    except _failures() as e:  # a verification that failed: its own one-line message
+        print(f"hw_build: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except FinnCompatError as e:
+        print(f"hw_build: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("hw_build: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a FINN step failed: one line + where the details are
+        where = getattr(args, "out", None) or "the build folder"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"hw_build: {type(e).__name__}: {msg} (details: build.log in {where})",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

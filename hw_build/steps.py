@@ -1,0 +1,181 @@
+"""FINN build steps for ResBin: QONNX model -> bit-exact HW-layer dataflow graph.
+
+Every step has FINN's signature `step(model: ModelWrapper, cfg: DataflowBuildConfig) ->
+ModelWrapper`, so `build_dataflow_cfg` can run them. `HW_GRAPH_STEPS` is the ordered list up
+to and including the dataflow partition; the graph it returns (and saves as
+`<cfg.output_dir>/hw_graph.onnx`) is the partition's *child* model: HW layers only, executable
+standalone with FINN's Python execution (input: raw UINT values, output: the label from
+LabelSelect, or the last MVAU's integer accumulator for a one-output model).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hw_build.finn_env import ensure_finn
+
+ensure_finn()
+
+import finn.builder.build_dataflow_steps as stock  # noqa: E402
+from finn.builder.build_dataflow_config import DataflowBuildConfig  # noqa: E402
+from finn.transformation.fpgadataflow.minimize_accumulator_width import (  # noqa: E402
+    MinimizeAccumulatorWidth,
+)
+from finn.transformation.fpgadataflow.minimize_weight_bit_width import (  # noqa: E402
+    MinimizeWeightBitWidth,
+)
+from finn.transformation.streamline import Streamline  # noqa: E402
+from finn.transformation.streamline.absorb import (  # noqa: E402
+    AbsorbScalarBiasIntoMultiThreshold,
+    AbsorbScalarMulAddIntoTopK,
+)
+from finn.transformation.streamline.reorder import (  # noqa: E402
+    MoveLinearPastEltwiseAdd,
+    MoveLinearPastFork,
+    MoveMulPastAdd,
+)
+from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds  # noqa: E402
+from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
+from qonnx.custom_op.registry import getCustomOp  # noqa: E402
+from qonnx.transformation.infer_datatypes import InferDataTypes  # noqa: E402
+from qonnx.transformation.insert_topk import InsertTopK  # noqa: E402
+
+from hw_build.finn_fixes import (  # noqa: E402
+    BipolarInputThresholdFix,
+    ExactThresholds,
+    XnorAccumulatorFix,
+    quantizer_specs,
+)
+
+__all__ = ["NotHardwareError", "HW_GRAPH_STEPS", "HW_GRAPH_FILE", "step_resbin_qonnx_to_finn",
+           "step_resbin_tidy", "step_resbin_streamline", "step_resbin_bipolar_fix",
+           "step_resbin_convert_to_hw", "step_resbin_minimize_bit_width",
+           "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS"]
+
+HW_GRAPH_FILE = "hw_graph.onnx"
+_RESNET_ROUNDS = 4  # rounds of the residual recipe; 2 suffice for one add, more are no-ops
+
+
+class NotHardwareError(RuntimeError):
+    """The graph still holds nodes FINN cannot build (named in the message)."""
+
+
+def _is_hw(node) -> bool:
+    return node.domain.startswith("finn.custom_op.fpgadataflow")
+
+
+def non_hw_nodes(model: ModelWrapper) -> list[str]:
+    """'name (op_type)' of every node that is not a FINN HW layer."""
+    return [f"{n.name} ({n.op_type})" for n in model.graph.node if not _is_hw(n)]
+
+
+def step_resbin_qonnx_to_finn(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stock QONNX -> FINN-ONNX conversion, then every quantizer's thresholds put exactly on
+    the integer grid of its accumulator (hw_build.finn_fixes.ExactThresholds)."""
+    specs = quantizer_specs(model)
+    model = stock.step_qonnx_to_finn(model, cfg)
+    return model.transform(ExactThresholds(specs))
+
+
+def step_resbin_tidy(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stock tidy-up (shapes, constant folding, names, datatypes)."""
+    return stock.step_tidy_up(model, cfg)
+
+
+def step_resbin_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Residual streamlining: FINN's ResNet passes, then the stock streamline, then rounding.
+
+    The post-quantizer biases are absorbed into the MultiThresholds first (else the ResNet
+    passes move them past the add and leave INT8-typed thresholds emitting 0..255); then the
+    scales move past the fork and the add (MoveLinearPastFork / MoveLinearPastEltwiseAdd), the
+    stock streamline makes XNOR popcounts and absorbs the rest, and RoundAndClipThresholds puts
+    the thresholds on the integer grid (exact: x >= t <=> x >= ceil(t) for integer x)."""
+    model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
+    for _ in range(_RESNET_ROUNDS):
+        for t in (MoveLinearPastFork(), MoveLinearPastEltwiseAdd(), MoveMulPastAdd(),
+                  AbsorbScalarBiasIntoMultiThreshold(), Streamline()):
+            model = model.transform(t)
+    model = stock.step_streamline(model, cfg)
+    model = model.transform(RoundAndClipThresholds())
+    return model.transform(InferDataTypes())
+
+
+def step_resbin_bipolar_fix(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Workaround for Thresholding layers with BIPOLAR input (see hw_build.finn_fixes)."""
+    model = model.transform(BipolarInputThresholdFix())
+    return model.transform(RoundAndClipThresholds()).transform(InferDataTypes())
+
+
+def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Insert TopK (-> LabelSelect) for multi-class outputs, then FINN's convert-to-HW.
+
+    The positive output scale folds into the TopK (argmax is unchanged). Refuses (with
+    NotHardwareError) a graph that still has non-HW nodes, except a one-output model's final
+    float scale, which stays outside the dataflow partition."""
+    out = model.graph.output[0].name
+    n_out = model.get_tensor_shape(out)[-1]
+    if n_out > 1:
+        model = model.transform(InsertTopK(k=1))
+        model = model.transform(AbsorbScalarMulAddIntoTopK())
+    model = stock.step_convert_to_hw(model, cfg)
+    left = [n for n in model.graph.node if not _is_hw(n)]
+    if n_out == 1 and left and left[-1] is model.graph.node[-1] and left[-1].op_type == "Mul":
+        left = left[:-1]  # the float output scale of a one-unit (sigmoid) output
+    if left:
+        names = ", ".join(f"{n.name} ({n.op_type})" for n in left)
+        raise NotHardwareError(f"FINN cannot build these nodes as hardware: {names} (a float "
+                               "layer, e.g. an F shortcut, or an unsupported op)")
+    return model
+
+
+def step_resbin_minimize_bit_width(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stock minimize_bit_width (weights, accumulators, threshold rounding) with the XNOR
+    accumulator fix applied before the thresholds are clipped. Use it wherever FINN's flow has
+    step_minimize_bit_width_initial or step_minimize_bit_width."""
+    if cfg.minimize_bit_width:
+        model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
+        model = model.transform(MinimizeAccumulatorWidth(), apply_to_subgraphs=True)
+    model = model.transform(XnorAccumulatorFix(), apply_to_subgraphs=True)
+    model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    model = model.transform(RoundAndClipThresholds(), apply_to_subgraphs=True)
+    model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    if cfg.minimize_bit_width:
+        model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
+        model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    return model
+
+
+def step_resbin_create_dataflow_partition(model: ModelWrapper,
+                                          cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Stock dataflow partition; saves the child (HW-only) model as <output_dir>/hw_graph.onnx."""
+    model = stock.step_create_dataflow_partition(model, cfg)
+    bad = non_hw_nodes(model)
+    if bad:
+        raise NotHardwareError(f"dataflow partition holds non-HW nodes: {', '.join(bad)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / HW_GRAPH_FILE))
+    return model
+
+
+# The QONNX model -> executable HW graph (FINN Python execution). H4b appends specialize,
+# folding, minimize (use step_resbin_minimize_bit_width again), estimates, codegen, ipgen...
+HW_GRAPH_STEPS = [
+    step_resbin_qonnx_to_finn,
+    step_resbin_tidy,
+    step_resbin_streamline,
+    step_resbin_bipolar_fix,
+    step_resbin_convert_to_hw,
+    step_resbin_minimize_bit_width,
+    step_resbin_create_dataflow_partition,
+]
+
+# Steps after which the graph's integer outputs must equal the QONNX model's (hw_build.verify).
+NUMERIC_STEPS = tuple(s.__name__ for s in HW_GRAPH_STEPS)
+
+
+def xnor_mvaus(model: ModelWrapper) -> list[tuple[str, int, str]]:
+    """(name, MW, accDataType) of every XNOR MVAU (for reports and tests)."""
+    return [(n.name, getCustomOp(n).get_nodeattr("MW"), getCustomOp(n).get_nodeattr("accDataType"))
+            for n in model.graph.node
+            if n.op_type.startswith("MVAU") and getCustomOp(n).get_nodeattr("binaryXnorMode")]
+

@@ -1,0 +1,476 @@
+"""Training loop: one run folder per (data set, model) with config, history, checkpoint, metrics.
+
+`train_run` trains (or resumes, or reuses a finished run), `load_run` rebuilds a trained model.
+Files in the run folder (docs/design.md): config.json, history.csv, checkpoint.pt (written every
+epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from train.models import ModelError, ModelOptions, ResBinMLP, build_model, deployed_size
+from train.recipes import Recipe, get_recipe
+from train.runs import run_dir as default_run_dir
+from train.spec import ModelSpec
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+# What makes two runs the same run (the rest of config.json is provenance).
+IDENTITY_KEYS = ("dataset", "model", "options", "recipe", "epochs", "seed", "limit_train")
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue (mismatched checkpoint, interrupted run without --resume)."""
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrainError(f"{path}: unreadable JSON ({e})") from None
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _describe(cfg: dict) -> str:
+    opts = ModelOptions.from_dict(cfg["options"]) if isinstance(cfg.get("options"), dict) else ModelOptions()
+    from train.models import options_suffix
+    suffix = options_suffix(opts)
+    return f"{cfg.get('model')}{' ' + suffix[2:] if suffix else ''} on {cfg.get('dataset')}"
+
+
+def _check_same(saved: dict, wanted: dict, where: Path) -> None:
+    """Refuse a run folder whose checkpoint belongs to another spec/options/data set (one line)."""
+    if all(saved.get(k) == wanted.get(k) for k in ("dataset", "model", "options")):
+        return
+    raise TrainError(f"{where} holds {_describe(saved)}, not {_describe(wanted)}; "
+                     "use another --run-dir or --force to overwrite")
+
+
+# ---- quantizer state that state_dict() does not keep -------------------------------------------
+
+def _stat_scalers(model):
+    # Brevitas' runtime-statistics scalers keep their step counter and running buffer outside
+    # state_dict(); saved here so a resumed run continues bit for bit.
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")]
+
+
+def quant_state(model) -> dict:
+    return {n: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(),
+                "value": m.value.detach().clone()} for n, m in _stat_scalers(model)}
+
+
+def load_quant_state(model, state: dict) -> None:
+    for n, m in _stat_scalers(model):
+        if n in state:
+            m.counter = int(state[n]["counter"])
+            with torch.no_grad():
+                m.buffer.copy_(state[n]["buffer"])
+                m.value.copy_(state[n]["value"])
+
+
+def _load_model_state(model, ckpt: dict) -> None:
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    # Brevitas leaves a scaler's `value` out of state_dict() before its first statistics step.
+    missing = [k for k in missing if not k.endswith(".value")]
+    if missing or unexpected:
+        raise TrainError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    load_quant_state(model, ckpt.get("quant_state", {}))
+
+
+# ---- data on the device -----------------------------------------------------------------------
+
+class _Split:
+    def __init__(self, x: np.ndarray, y: np.ndarray, device):
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)  # uint8 stays uint8
+        self.y = torch.from_numpy(np.ascontiguousarray(y)).long().to(device)
+
+    def __len__(self):
+        return len(self.y)
+
+
+def random_shift(x: torch.Tensor, image_shape, max_px: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each flattened (H, W, C) uint8 image by up to +-max_px pixels (zero fill).
+
+    Written with padding + gather because torchvision is not a dependency.
+    """
+    h, w, c = image_shape
+    n = x.shape[0]
+    img = x.reshape(n, h, w, c)
+    img = F.pad(img.permute(0, 3, 1, 2), (max_px, max_px, max_px, max_px)).permute(0, 2, 3, 1)
+    d = torch.randint(0, 2 * max_px + 1, (2, n), generator=gen).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :] + d[0][:, None]      # (n, h)
+    cols = torch.arange(w, device=x.device)[None, :] + d[1][:, None]      # (n, w)
+    b = torch.arange(n, device=x.device)[:, None, None]
+    return img[b, rows[:, :, None], cols[:, None, :]].reshape(n, -1)
+
+
+def _loss_fn(n_outputs: int, label_smoothing: float):
+    if n_outputs == 1:
+        def bce(logits, y):
+            t = y.float()
+            if label_smoothing:
+                t = t * (1 - label_smoothing) + 0.5 * label_smoothing
+            return F.binary_cross_entropy_with_logits(logits[:, 0], t)
+        return bce
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def _n_correct(logits, y) -> int:
+    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    return int((pred == y).sum())
+
+
+def _distill_loss(student, teacher, temperature: float):
+    t = temperature
+    if student.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(student[:, 0] / t, torch.sigmoid(teacher[:, 0] / t)) * t * t
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def evaluate(model, split: _Split, batch_size: int = 2000) -> tuple[float, float]:
+    """(loss, accuracy) of `model` on a split, eval mode; the loss is without label smoothing."""
+    was = model.training
+    model.eval()
+    loss_fn = _loss_fn(model.n_outputs, 0.0)
+    total, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        xb, yb = split.x[i:i + batch_size].float(), split.y[i:i + batch_size]
+        logits = model(xb)
+        total += float(loss_fn(logits, yb)) * len(yb)
+        correct += _n_correct(logits, yb)
+    model.train(was)
+    return total / max(1, len(split)), correct / max(1, len(split))
+
+
+# ---- optimisation -----------------------------------------------------------------------------
+
+def _make_optimizer(model: ResBinMLP, recipe: Recipe):
+    binary = {id(p) for lin in model.binary_linears() for p in [lin.weight]}
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if id(p) in binary or p.ndim < 2:
+            no_decay.append(p)  # latent +-1 weights, biases, BN, quantizer scales
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "rmsprop":  # Keras RMSprop defaults (the thesis used Keras/Larq)
+        return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=0.9, eps=1e-7)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    return torch.optim.Adam(groups, lr=recipe.lr)
+
+
+def _make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warm = int(recipe.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if recipe.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress):
+    model.train()
+    n = len(data)
+    perm = torch.randperm(n, generator=gen).to(data.x.device)
+    loss_fn = _loss_fn(model.n_outputs, recipe.label_smoothing)
+    bs = recipe.batch_size
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(range(0, n, bs), desc=desc, leave=False, disable=not progress, unit="batch", file=sys.stderr)
+    for i in bar:
+        idx = perm[i:i + bs]
+        xb, yb = data.x[idx], data.y[idx]
+        if recipe.shift_px and image_shape is not None:
+            xb = random_shift(xb, image_shape, recipe.shift_px, gen)
+        xb = xb.float()
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(xb)
+            a = recipe.distill_alpha
+            loss = (1 - a) * loss + a * _distill_loss(logits, t_logits, recipe.distill_temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if recipe.latent_clip is not None:
+            model.clip_latent_weights(recipe.latent_clip)
+        total_loss += loss.item() * len(yb)
+        correct += _n_correct(logits.detach(), yb)
+        seen += len(yb)
+        if progress:
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+    bar.close()
+    return total_loss / seen, correct / seen
+
+
+# ---- teacher ------------------------------------------------------------------------------------
+
+def _teacher(spec: ModelSpec, recipe: Recipe, ds, train: _Split, run: Path, seed: int, device, progress):
+    """Float teacher for distillation: F-<widths x mult with N>, trained once and cached as teacher.pt."""
+    widths = tuple(w * recipe.teacher_width_mult for w in spec.widths)
+    tspec = ModelSpec("F", widths, (False,) * len(widths), (True,) * len(widths))
+    trecipe = Recipe(f"{recipe.name}-teacher", optimizer=recipe.optimizer, lr=recipe.lr,
+                     batch_size=recipe.batch_size, epochs=recipe.teacher_epochs, schedule=recipe.schedule,
+                     warmup_epochs=recipe.warmup_epochs, weight_decay=recipe.weight_decay,
+                     label_smoothing=recipe.label_smoothing, shift_px=recipe.shift_px, latent_clip=None)
+    key = {"teacher": tspec.name, "recipe": trecipe.to_dict(), "seed": seed, "dataset": ds.name,
+           "n_train": len(train)}
+    model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
+    path = run / "teacher.pt"
+    if path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            return model.to(device).eval(), ck["val_acc"]
+    _seed_all(seed + 7919)
+    model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
+    model.to(device)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    steps = math.ceil(len(train) / trecipe.batch_size)
+    opt = _make_optimizer(model, trecipe)
+    sched = _make_scheduler(opt, trecipe, steps)
+    val = _Split(ds.x_val, ds.y_val, device)
+    for ep in range(1, trecipe.epochs + 1):
+        _train_epoch(model, opt, sched, trecipe, train, image_shape=ds.image_shape, gen=gen, teacher=None,
+                     desc=f"teacher {tspec.name} {ep}/{trecipe.epochs}", progress=progress)
+    _, val_acc = evaluate(model, val)
+    _atomic_write_bytes(path, lambda p: torch.save({"key": key, "model": model.state_dict(), "val_acc": val_acc}, p))
+    return model.eval(), val_acc
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def _resolve_device(device):
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _versions() -> dict:
+    import brevitas
+    return {"python": platform.python_version(), "torch": torch.__version__, "brevitas": brevitas.__version__,
+            "numpy": np.__version__}
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    def w(p):
+        with open(p, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            wr.writeheader()
+            for row in history:
+                wr.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in HISTORY_FIELDS})
+    _atomic_write_bytes(path, w)
+
+
+def summary_table(metrics: dict) -> str:
+    rows = [("run", metrics["run_dir"]), ("model", metrics["model"]), ("data set", metrics["dataset"]),
+            ("recipe / epochs / seed", f"{metrics['recipe']} / {metrics['epochs']} / {metrics['seed']}"),
+            ("validation accuracy", f"{metrics['val_acc']:.4f}"), ("test accuracy", f"{metrics['test_acc']:.4f}"),
+            ("test loss", f"{metrics['test_loss']:.4f}")]
+    if metrics.get("thesis_size_kib") is not None:
+        rows.append(("thesis size", f"{metrics['thesis_size_kib']:.2f} KiB ({metrics['relative_size']:.2f} of float)"))
+    rows.append(("deployed size", f"{metrics['deployed_size_kib']:.2f} KiB"
+                 + ("" if metrics.get("fpga_able") else " (not deployable)")))
+    rows.append(("training time", f"{metrics['seconds']:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _thesis_sizes(spec, n_in, n_out, options):
+    try:
+        from train.size import relative_size, thesis_size_kib
+        kw = dict(pool_window=options.pool_window, shortcut_bits=options.shortcut_weight_bits)
+        return thesis_size_kib(spec, n_in, n_out, **kw), relative_size(spec, n_in, n_out, **kw)
+    except ImportError:
+        return None, None
+
+
+def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOptions = ModelOptions(), seed=0,
+              run_dir=None, resume=False, data_dir=None, limit_train=None, device=None, progress=True,
+              force=False, stop_after=None) -> dict:
+    """Train `model` (spec or name) on `dataset` (name or a loaded `train.data.Dataset`); returns metrics.
+
+    A finished run with the same config is returned as is unless `force`; an interrupted one needs
+    `resume=True` (continues bit for bit from the last epoch) or `force` (starts over).
+    `stop_after=k` ends after epoch k (checkpoint written, no metrics), as an interruption would.
+    """
+    from train.data import Dataset, load_dataset
+
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
+    rec = get_recipe(recipe).with_epochs(epochs)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
+    # Refuses impossible models (bad options, widths) before anything is written.
+    build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max)
+    from train.models import options_suffix
+    ds_name = dataset if isinstance(dataset, str) else ds.name
+    run = Path(run_dir) if run_dir is not None else default_run_dir(ds_name, spec.slug + options_suffix(options))
+    dev = _resolve_device(device)
+    config = {"dataset": ds_name, "model": spec.name,
+              "options": options.to_dict(), "recipe": rec.to_dict(), "epochs": rec.epochs, "seed": int(seed),
+              "limit_train": limit_train, "data_dir": str(data_dir) if data_dir is not None else None,
+              "n_inputs": ds.n_inputs, "n_outputs": ds.n_outputs, "input_max": ds.input_max,
+              "image_shape": list(ds.image_shape) if ds.image_shape is not None else None,
+              "versions": _versions()}
+    ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.json"
+
+    start_epoch, history, ckpt = 0, [], None
+    if (run / "config.json").exists() and not force:
+        saved = _read_json(run / "config.json")
+        _check_same(saved, config, run)
+        same = all(saved.get(k) == config[k] for k in IDENTITY_KEYS)
+        if same and metrics_path.exists():
+            metrics = _read_json(metrics_path)
+            if progress:
+                print(f"finished run reused (pass --force to retrain): {run}", file=sys.stderr)
+                print(summary_table(metrics))
+            return metrics
+        if not same:
+            diff = [k for k in IDENTITY_KEYS if saved.get(k) != config[k]]
+            raise TrainError(f"{run} holds a run of {spec.name} with another {', '.join(diff)}; "
+                             "use --force to start over or another --run-dir")
+        if ckpt_path.exists() and not resume:
+            raise TrainError(f"{run} holds an interrupted run; pass --resume to continue it or --force to start over")
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            _check_same(ckpt["config"], config, ckpt_path)
+    run.mkdir(parents=True, exist_ok=True)
+    if force:
+        for f in (metrics_path, ckpt_path, run / "history.csv"):
+            f.unlink(missing_ok=True)
+    _write_json(run / "config.json", config)
+
+    x_tr, y_tr = ds.x_train, ds.y_train
+    if limit_train is not None:
+        x_tr, y_tr = x_tr[:limit_train], y_tr[:limit_train]
+    train = _Split(x_tr, y_tr, dev)
+    val, test = _Split(ds.x_val, ds.y_val, dev), _Split(ds.x_test, ds.y_test, dev)
+
+    _seed_all(seed)
+    net = build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max).to(dev)
+    teacher, teacher_acc = None, None
+    if rec.distill_alpha > 0 and spec.binary:
+        teacher, teacher_acc = _teacher(spec, rec, ds, train, run, seed, dev, progress)
+    if ckpt is not None:
+        # Before the optimizer exists: Brevitas re-creates its quantizer modules (and their
+        # parameters) when a state dict is loaded.
+        _load_model_state(net, ckpt)
+    steps = math.ceil(len(train) / rec.batch_size)
+    opt = _make_optimizer(net, rec)
+    sched = _make_scheduler(opt, rec, steps)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 1)  # dropout stream, independent of whether the teacher was cached
+    seconds = 0.0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        random.setstate(ckpt["python_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        start_epoch, history, seconds = ckpt["epoch"], ckpt["history"], ckpt["seconds"]
+        if progress:
+            print(f"resuming {spec.name} at epoch {start_epoch}/{rec.epochs} from {ckpt_path}", file=sys.stderr)
+
+    last = rec.epochs if stop_after is None else min(rec.epochs, stop_after)
+    outer = tqdm(range(start_epoch + 1, last + 1), desc=f"{spec.name} {ds.name}", unit="epoch",
+                 disable=not progress, file=sys.stderr, initial=start_epoch, total=rec.epochs)
+    for ep in outer:
+        t0 = time.perf_counter()
+        tr_loss, tr_acc = _train_epoch(net, opt, sched, rec, train, image_shape=ds.image_shape, gen=gen,
+                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress)
+        va_loss, va_acc = evaluate(net, val)
+        dt = time.perf_counter() - t0
+        seconds += dt
+        history.append({"epoch": ep, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss,
+                        "val_acc": va_acc, "lr": opt.param_groups[0]["lr"], "seconds": dt})
+        outer.set_postfix(train_loss=f"{tr_loss:.4f}", val_acc=f"{va_acc:.4f}")
+        state = {"config": config, "epoch": ep, "history": history, "seconds": seconds,
+                 "model": net.state_dict(), "quant_state": quant_state(net), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
+                 "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+        _atomic_write_bytes(ckpt_path, lambda p: torch.save(state, p))
+        _write_history(run / "history.csv", history)
+    outer.close()
+    if last < rec.epochs:
+        return {"run_dir": str(run), "epoch": last, "finished": False}
+
+    te_loss, te_acc = evaluate(net, test)
+    va_loss, va_acc = evaluate(net, val)
+    thesis_kib, rel = _thesis_sizes(spec, ds.n_inputs, ds.n_outputs, options)
+    dep = deployed_size(net)
+    metrics = {"run_dir": str(run), "dataset": config["dataset"], "model": spec.name, "recipe": rec.name,
+               "epochs": rec.epochs, "seed": int(seed), "test_acc": te_acc, "test_loss": te_loss, "val_acc": va_acc,
+               "val_loss": va_loss, "thesis_size_kib": thesis_kib, "relative_size": rel,
+               "deployed_size_kib": dep["total_kib"], "deployed_size_bits": dep["total_bits"],
+               "deployed_size": dep, "fpga_able": spec.fpga_able, "teacher_val_acc": teacher_acc,
+               "seconds": seconds, "device": str(dev), "finished": True}
+    _write_json(metrics_path, metrics)
+    if progress:
+        print(summary_table(metrics))
+    return metrics
+
+
+def load_run(run_dir) -> tuple[ResBinMLP, ModelSpec, ModelOptions, dict]:
+    """(model in eval mode with the trained weights, spec, options, config) of a run folder."""
+    run = Path(run_dir)
+    if not (run / "config.json").exists() or not (run / "checkpoint.pt").exists():
+        raise TrainError(f"{run}: no trained run here (expected config.json and checkpoint.pt)")
+    config = _read_json(run / "config.json")
+    spec = ModelSpec.parse(config["model"])
+    options = ModelOptions.from_dict(config["options"])
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    _check_same(ckpt["config"], config, run / "checkpoint.pt")
+    shape = tuple(config["image_shape"]) if config.get("image_shape") else None
+    model = build_model(spec, config["n_inputs"], config["n_outputs"], options, shape, input_max=config["input_max"])
+    _load_model_state(model, ckpt)
+    return model.eval(), spec, options, config
+
+
+def load_checkpoint_into(model: ResBinMLP, checkpoint, spec_name: str | None = None) -> None:
+    """Load a checkpoint file into an already built model; refuses another spec/options, naming both."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = ckpt["config"]
+    wanted = dict(saved, model=spec_name or model.spec.name, options=model.options.to_dict())
+    if saved.get("model") != wanted["model"] or saved.get("options") != wanted["options"]:
+        raise TrainError(f"{checkpoint} holds {_describe(saved)}, not {_describe(wanted)}")
+    _load_model_state(model, ckpt)
