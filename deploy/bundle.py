@@ -85,13 +85,17 @@ class BoardPackage:
             self.verify(backend)
         if backend == "sim":
             from deploy.sim import SimAccelerator
-            return SimAccelerator(self.golden_path, batch_size=batch_size)
-        if backend == "pynq":
+            acc = SimAccelerator(self.golden_path, batch_size=batch_size)
+        elif backend == "pynq":
             from deploy.pynq_driver import PynqAccelerator, check_bitfile
             check_bitfile(self.bitfile)
-            return PynqAccelerator(self.bitfile, self.golden_path, batch_size=batch_size or 1000,
-                                   build_id=self.build_id)
-        raise PackageError(f"backend {backend!r}: expected 'sim' or 'pynq'")
+            acc = PynqAccelerator(self.bitfile, self.golden_path, batch_size=batch_size or 1000,
+                                  build_id=self.build_id)
+        else:
+            raise PackageError(f"backend {backend!r}: expected 'sim' or 'pynq'")
+        if acc.image_shape is None and self.manifest.get("image_shape"):
+            acc.image_shape = tuple(self.manifest["image_shape"])  # accept (N, H, W[, C])
+        return acc
 
     def verify(self, backend: str = "sim") -> None:
         """golden.npz (and for pynq the bitfile + hwh) are the files of the manifest's build."""

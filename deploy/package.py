@@ -51,9 +51,12 @@ def _model_name(build: Path, golden_meta: dict) -> tuple[str, str]:
 
 
 def _write_test_set(dataset: str, data_dir, n_inputs: int, out: Path) -> dict:
-    from train.data import load_dataset  # host-only import (torch-free, but not on the board)
+    from train.data import DataError, load_dataset  # host-only (not part of the board runtime)
 
-    ds = load_dataset(dataset, data_dir, download=False)
+    try:
+        ds = load_dataset(dataset, data_dir, download=False)
+    except DataError as e:
+        raise PackageError(f"test set {dataset!r}: {e}") from None
     x, y = np.ascontiguousarray(ds.x_test, dtype=np.uint8), ds.y_test.astype(np.int64)
     if x.shape[1] != n_inputs:
         raise PackageError(f"{dataset} test images have {x.shape[1]} inputs, the accelerator "
@@ -108,9 +111,27 @@ def build_package(build, dataset: str = "mnist", out="dist", name: str | None = 
     g = read_golden(golden_src)
     model, slug = _model_name(build, g.meta)
     name = name or f"resbin-{dataset}-{slug}"
-    root = Path(out) / name
+    final = Path(out) / name
+    root = Path(out) / f".{name}.partial"   # renamed when complete: a failure leaves nothing
     if root.exists():
         shutil.rmtree(root)
+    try:
+        _assemble(root, build, g, golden_src, model, dataset, data_dir, name)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    root.rename(final)
+    if make_zip:
+        tmp_zip = Path(out) / f".{name}.zip.partial"
+        _zip(final, tmp_zip)
+        tmp_zip.replace(Path(out) / f"{name}.zip")
+    return final
+
+
+def _assemble(root: Path, build: Path, g, golden_src: Path, model: str, dataset: str, data_dir,
+              name: str) -> dict:
     (root / "deploy").mkdir(parents=True)
     for f in sorted(DEPLOY_DIR.glob("*.py")):
         if f.name not in HOST_ONLY:
@@ -146,9 +167,7 @@ def build_package(build, dataset: str = "mnist", out="dist", name: str | None = 
                                       "(empty: no bitfile in this build)"),
         n_test=info["n_test"], notebook=NOTEBOOK, zip_name=f"{name}.zip", name_dir=name,
         backend=manifest["backend"]))
-    if make_zip:
-        _zip(root, Path(out) / f"{name}.zip")
-    return root
+    return manifest
 
 
 def _zip(root: Path, dest: Path) -> None:
@@ -173,14 +192,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         root = build_package(a.build, a.dataset, a.out, a.name, a.data_dir, not a.no_zip)
-    except (PackageError, GoldenError) as e:
+    except (PackageError, GoldenError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # train.data's DataError and friends: one line, no traceback
-        if type(e).__name__ in ("DataError",):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     m = json.loads((root / MANIFEST).read_text())
     print(f"package: {root}" + ("" if a.no_zip else f"  (+ {root}.zip)"))
     print(f"  build {m['build_id']}, {m['model']}, {m['n_test']} test images, "

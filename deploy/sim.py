@@ -82,9 +82,14 @@ class _Threshold:
     def _init_estimate(self, T):
         """Per channel k = floor((x - t0) / d) + 1, then at most `rounds` exact corrections."""
         C, S = T.shape
-        t0 = T[:, 0].astype(np.float64)
-        d = (T[:, -1] - T[:, 0]).astype(np.float64) / max(S - 1, 1)
-        d[d <= 0] = 1.0
+        t0, d = np.zeros(C), np.ones(C)
+        lo, hi = T.min(), T.max()
+        for c in range(C):  # fit the line on the thresholds inside the reachable range
+            inner = np.nonzero((T[c] > lo) & (T[c] < hi))[0]
+            i0, i1 = (inner[0], inner[-1]) if len(inner) > 1 else (0, S - 1)
+            if T[c, i1] > T[c, i0]:
+                d[c] = (T[c, i1] - T[c, i0]) / (i1 - i0)
+            t0[c] = T[c, i0] - i0 * d[c]
         self.t0, self.inv_d = t0, 1.0 / d
         big = np.iinfo(np.int64).max
         self.Tpad = np.concatenate([np.full((C, 1), -big, np.int64), T,
@@ -149,7 +154,9 @@ class SimAccelerator(Accelerator):
 
     backend = "sim"
 
-    def __init__(self, golden, batch_size: int | None = None, chunk: int = 2048):
+    def __init__(self, golden, batch_size: int | None = None, chunk: int = 8192):
+        """golden: path or Golden; batch_size: refuse larger batches (None: any size);
+        chunk: images per internal pass (larger: better BLAS efficiency, more memory)."""
         self.golden: Golden = golden if isinstance(golden, Golden) else read_golden(golden)
         g = self.golden
         self.meta = g.meta

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dse import thesis_tables as T
-from dse.results import COMPONENTS, OPTION_COLUMNS
+from dse.results import COMPONENTS, OPTION_COLUMNS, OPTION_SCOPE
 
 ACC = "test_acc"
 # The thesis's row order (tables 9/12/15/18): D, N, P, F, Q, D1, N1, ..., D4, N4.
@@ -107,9 +107,8 @@ def regression(df: pd.DataFrame, widths: str, *, alpha: float = 0.05) -> dict:
     g = _ok(df[(df["widths"].astype(str) == str(widths)) & (df["kind"] == "B")])
     X = g[[c for c in COMPONENTS if g[c].nunique() > 1]].astype(float)
     for c in OPTION_COLUMNS:
-        if c in g and g[c].nunique(dropna=True) > 1:
-            dummies = pd.get_dummies(g[c].astype(str), prefix=c, drop_first=True, dtype=float)
-            X = pd.concat([X, dummies], axis=1)
+        if c in g:
+            X = pd.concat([X, option_dummies(g, c)], axis=1)
     n, k = len(g), X.shape[1]
     if k == 0:
         return {"error": f"no component varies among the {n} binary variants of {widths}"}
@@ -123,6 +122,25 @@ def regression(df: pd.DataFrame, widths: str, *, alpha: float = 0.05) -> dict:
         table = pd.DataFrame({"coef": fit.params, "ci_low": ci[0], "ci_high": ci[1], "p": fit.pvalues})
     return {"table": table, "r2": float(fit.rsquared), "r2_adj": float(fit.rsquared_adj), "n": n, "k": k,
             "rank_deficient": bool(np.linalg.matrix_rank(Xc.to_numpy()) < Xc.shape[1]), "model": fit}
+
+
+def option_dummies(g: pd.DataFrame, col: str) -> pd.DataFrame:
+    """0/1 columns `<col>_<level>` for the levels of an option axis, measured against its default
+    level (else its most common), and only on the rows the option can change (OPTION_SCOPE): elsewhere 0, so the
+    reset default of a variant without, say, a shortcut does not pose as a level."""
+    scope = OPTION_SCOPE.get(col)
+    rel = g[g[list(scope)].sum(axis=1) > 0] if scope else g
+    vals = rel[col].dropna().astype(str)
+    if vals.nunique() <= 1:
+        return pd.DataFrame(index=g.index)
+    defaults = rel[rel["options"].fillna("") == ""][col].dropna().astype(str) if "options" in rel else vals[:0]
+    ref = (defaults if len(defaults) else vals).value_counts().index[0]  # the default level if present
+    out = {}
+    for level in sorted(set(vals) - {ref}, key=lambda v: (len(v), v)):
+        d = pd.Series(0.0, index=g.index)
+        d.loc[rel.index] = (rel[col].astype(str) == level).astype(float)
+        out[f"{col}_{level}"] = d
+    return pd.DataFrame(out, index=g.index)
 
 
 def relative_sizes(df: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +185,12 @@ def recommendations(df: pd.DataFrame, dataset: str, *, alpha: float = 0.05, nota
     for w in groups(df):
         reg = regression(df, w, alpha=alpha)
         if "error" in reg:
-            out.append({"widths": w, "thesis": "all", "verdict": "no data", "evidence": reg["error"]})
+            out.append({"widths": w, "thesis": "(all recommendations)", "verdict": "no data", "evidence": reg["error"]})
+            continue
+        if reg["rank_deficient"]:
+            out.append({"widths": w, "thesis": "(all recommendations)", "verdict": "no data",
+                        "evidence": f"the {reg['n']} variants confound some components (rank-deficient "
+                                    "regression); sweep more variants"})
             continue
         t = reg["table"]
         L = n_layers(w)

@@ -35,17 +35,19 @@ def _plt():
     return plt
 
 
-def md_table(df: pd.DataFrame, fmt: str = "{:.4f}", index: bool = True) -> str:
+def md_table(df: pd.DataFrame, fmt: str = "{:.4f}", index: bool = True, formats: dict | None = None) -> str:
     """A pipe table (pandas' to_markdown needs `tabulate`, which the project does not install)."""
-    def cell(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if math.isnan(v) else fmt.format(v)
-        return str(v)
+    formats = formats or {}
+
+    def cell(v, col):
+        if isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, bool):
+            return "" if v != v else formats.get(col, fmt).format(v)
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for idx, r in df.iterrows():
-        vals = ([str(idx)] if index else []) + [cell(v) for v in r.tolist()]
+        vals = ([str(idx)] if index else []) + [cell(v, c) for c, v in zip(df.columns, r.tolist())]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -306,4 +308,4 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
             f"{int((hw['fits'] == 1).sum())} fit.", "", why, "",
             "![accuracy vs LUT](acc_vs_lut.png)", "", "![accuracy vs frame rate](acc_vs_fps.png)", "",
             "Pareto front (accuracy vs frame rate, fitting designs):", "",
-            md_table(front.sort_values("est_fps").set_index("spec")[cols], "{:,.4g}"), ""]
+            md_table(front.sort_values("est_fps").set_index("spec")[cols], "{:,.0f}", formats={A.ACC: "{:.4f}"}), ""]

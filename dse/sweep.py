@@ -82,10 +82,9 @@ def relevant_options(spec, opts: dict) -> dict:
     if spec.kind != "B":
         return dict(default)
     out = dict(opts)
-    if spec.shortcut not in ("Q", "P"):
-        out["shortcut_weight_bits"] = default["shortcut_weight_bits"]
-    if spec.shortcut != "P":
-        out["pool_window"], out["pool_mode"] = default["pool_window"], default["pool_mode"]
+    for k, kinds in R.OPTION_SCOPE.items():
+        if spec.shortcut not in kinds:
+            out[k] = default[k]
     return out
 
 

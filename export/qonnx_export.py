@@ -98,6 +98,8 @@ def export_run(run_dir: str | Path, n_check: int = 1000, progress: bool = False)
     from hw_build.verify import VerifyError, load_test_set
 
     run = Path(run_dir)
+    if int(n_check) < 1:
+        raise ExportError(f"--n-check must be >= 1, got {n_check}")
     try:
         model, spec, options, config = load_run(run)
     except (TrainError, OSError, KeyError, ValueError) as e:
@@ -119,8 +121,6 @@ def export_run(run_dir: str | Path, n_check: int = 1000, progress: bool = False)
     except (ModelError, SpecError, RuntimeError) as e:
         raise ExportError(f"{run}: export failed ({str(e).splitlines()[0]})") from None
     n = min(int(n_check), len(x_test))
-    if n < 1:
-        raise ExportError(f"--n-check must be >= 1, got {n_check}")
     try:
         rep = check_export(model, out, x_test[:n], y_test[:n])
     except ExportError:

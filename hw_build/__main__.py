@@ -49,6 +49,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                          "SetFolding")
     hw.add_argument("--budget", type=_float, default=0.9,
                     help="share of the board the default search may fill (default 0.9)")
+    hw.add_argument("--embedded-thresholds", action="store_true",
+                    help="keep requantization thresholds inside the MVAUs (FINN's default; "
+                         "ResBin's default is standalone Thresholding layers, far cheaper for "
+                         "8-bit requantizers)")
+    hw.add_argument("--verify-n", type=int, default=100,
+                    help="test images checked against the QONNX model after each HW-graph "
+                         "step (default 100, 0: no checks)")
     p.add_argument("--out", type=Path, help="build folder (default <run>/hw/<board>-<target>)")
     p.add_argument("--no-resume", action="store_true", help="rebuild every step")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -124,7 +131,8 @@ def resolve_run(args) -> Path:
 def _build_kwargs(args) -> dict:
     return {"board": args.board, "clock_mhz": args.clock_mhz, "target_fps": args.target_fps,
             "folding": args.folding, "search": args.search, "budget_fraction": args.budget,
-            "out_dir": args.out, "resume": not args.no_resume, "progress": not args.quiet}
+            "out_dir": args.out, "resume": not args.no_resume, "progress": not args.quiet,
+            "standalone_thresholds": not args.embedded_thresholds, "verify_n": args.verify_n}
 
 
 def _run(args) -> int:

@@ -110,8 +110,12 @@ def bench(run, build=None, finn_images: int = 200, threads: int = 2, repeats: in
                          f"image {bad}: the golden model is not bit-exact")
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    rec = cfg.get("recipe") or {}
+    training = (f"recipe {rec.get('name', '?')}, {cfg.get('epochs', rec.get('epochs', '?'))} "
+                f"epoch(s)" + (f" on {cfg['limit_train']:,} training images"
+                               if cfg.get("limit_train") else ""))
     return {
-        "model": cfg.get("model"), "run": str(run), "build": str(build),
+        "model": cfg.get("model"), "training": training, "run": str(run), "build": str(build),
         "build_id": sim.build_id, "n_images": n,
         "sim": {"seconds": t_sim, "images_per_s": n / t_sim,
                 "accuracy": float((pred == y).mean())},
@@ -136,7 +140,8 @@ def to_markdown(r: dict) -> str:
     return "\n".join([
         "# Speed of the sim backend",
         "",
-        f"Model `{r['model']}` (build `{r['build_id']}`), {n:,} test images; measured by "
+        f"Model `{r['model']}` ({r.get('training', '?')}; build `{r['build_id']}`), {n:,} "
+        f"test images; measured by "
         f"`python -m hw_build.bench_sim` in one process (best of {r['repeats']} runs after a "
         "warm-up for sim and PyTorch).",
         "",
@@ -175,16 +180,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="docs/results/sim-speed.md")
     a = ap.parse_args(argv)
+    from deploy.golden import GoldenError
+    from train.data import DataError
+    from train.trainer import TrainError
+
     try:
         r = bench(a.run, a.build, a.finn_images, a.threads, a.repeats, a.data_dir)
-    except BenchError as e:
+    except (BenchError, GoldenError, DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the data/train/golden errors of the other stages: one line
-        if type(e).__name__ in ("DataError", "GoldenError", "TrainError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = to_markdown(r)

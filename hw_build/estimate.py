@@ -6,7 +6,8 @@ count nothing for hardware that exists (see `node_resources`):
 - an HLS MVAU with embedded thresholds in `ram_style_thresholds=auto` is costed as distributed
   (FINN counts neither the threshold memory nor the comparators for `auto`);
 - with `block` thresholds the threshold BRAMs and the comparators are added;
-- a Thresholding_rtl left to "auto" memory is not put in URAM on a part without URAM;
+- a Thresholding_rtl left to "auto" memory is not put in URAM on a part without URAM, and one
+  whose depth triggers make every memory distributed is costed in LUTRAM;
 - a Thresholding_rtl with one threshold set shared by all channels is sized as the RTL builds it
   (one set per PE), not per channel.
 FINN's uncorrected totals are reported next to ours.
@@ -33,6 +34,7 @@ __all__ = ["DoesNotFitError", "node_resources", "model_resources", "stored_bits"
 
 _BRAM18 = {k: v for k, v in mem_primitives_versal.items() if k.startswith("BRAM18")}
 _NO_URAM_PRIMS = {k: v for k, v in mem_primitives_versal.items() if not k.startswith("URAM")}
+_LUTRAM = {k: v for k, v in mem_primitives_versal.items() if k == "LUTRAM"}
 
 
 class DoesNotFitError(RuntimeError):
@@ -89,13 +91,20 @@ def node_resources(inst, fpgapart: str, model: ModelWrapper | None = None) -> di
             # HLS partitions the thresholds by PE and by step (ARRAY_PARTITION dims 1 and 3)
             res["BRAM_18K"] += pe * steps * _bram18(acc, tmem)
             res["LUT"] += math.ceil(1.1 * pe * steps * acc)  # comparators (FINN's c1 factor)
-    elif (op == "Thresholding_rtl" and not _part_has_uram(fpgapart)
-          and int(inst.get_nodeattr("depth_trigger_bram")) == 0
-          and int(inst.get_nodeattr("depth_trigger_uram")) == 0):
+    elif op == "Thresholding_rtl":
+        trig_b = int(inst.get_nodeattr("depth_trigger_bram"))
+        trig_u = int(inst.get_nodeattr("depth_trigger_uram"))
+        geoms = inst.get_pe_mem_geometries()
+        if trig_b and trig_u and all(d < trig_b and d < trig_u for _w, d in geoms):
+            prims = _LUTRAM  # the RTL makes every memory "distributed"; FINN's estimate does not
+        elif trig_b == 0 and trig_u == 0 and not _part_has_uram(fpgapart):
+            prims = _NO_URAM_PRIMS
+        else:
+            return res
         pe = int(inst.get_nodeattr("PE"))
         lut = bram = 0
-        for width, depth in inst.get_pe_mem_geometries():
-            name, (count, _e, _w) = get_memutil_alternatives((width, depth), _NO_URAM_PRIMS)[0]
+        for width, depth in geoms:
+            name, (count, _e, _w) = get_memutil_alternatives((width, depth), prims)[0]
             if name.startswith("BRAM"):
                 bram += pe * count
             else:

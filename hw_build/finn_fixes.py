@@ -272,10 +272,15 @@ def _is_threshold(node) -> bool:
     return node.op_type == "MultiThreshold" or node.op_type.startswith("Thresholding")
 
 
-def bipolar_input_thresholds(model: ModelWrapper) -> list[str]:
-    """Names of threshold nodes (MultiThreshold / Thresholding*) whose input is BIPOLAR."""
-    return [n.name for n in model.graph.node
+def _bipolar_input_nodes(model: ModelWrapper) -> list:
+    return [n for n in model.graph.node
             if _is_threshold(n) and model.get_tensor_datatype(n.input[0]) == DataType["BIPOLAR"]]
+
+
+def bipolar_input_thresholds(model: ModelWrapper) -> list[str]:
+    """Names (or op types, if unnamed) of threshold nodes (MultiThreshold / Thresholding*)
+    whose input is BIPOLAR."""
+    return [n.name or n.op_type for n in _bipolar_input_nodes(model)]
 
 
 class BipolarInputThresholdFix(Transformation):
@@ -290,8 +295,8 @@ class BipolarInputThresholdFix(Transformation):
     (before convert-to-HW)."""
 
     def apply(self, model: ModelWrapper):
-        for name in bipolar_input_thresholds(model):
-            node = model.get_node_from_name(name)
+        for node in _bipolar_input_nodes(model):
+            name = node.name or node.op_type
             tensor = node.input[0]
             prod = model.find_producer(tensor)
             consumers = model.find_consumers(tensor) or []

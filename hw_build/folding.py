@@ -204,8 +204,11 @@ def _pe_options(inst) -> list[dict]:
     mp = _max_pe(inst)
     styles = [{}]
     if op == "Thresholding_rtl":
+        # auto (Vivado decides), all in BRAM, all in LUTRAM (thresholding.sv: a non-zero
+        # DEPTH_TRIGGER_BRAM above every depth means "distributed")
         styles = [{"depth_trigger_bram": 0, "depth_trigger_uram": 0},
-                  {"depth_trigger_bram": 1, "depth_trigger_uram": _NO_URAM}]
+                  {"depth_trigger_bram": 1, "depth_trigger_uram": _NO_URAM},
+                  {"depth_trigger_bram": _NO_URAM, "depth_trigger_uram": _NO_URAM}]
     elif op == "Thresholding_hls":
         styles = [{"ram_style": "distributed"}, {"ram_style": "block"}]
     return [{"PE": pe, **s} for pe in divisors(mp) for s in styles]

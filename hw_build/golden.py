@@ -190,10 +190,12 @@ def _node_spec(model, node, k: int, arrays: dict) -> dict:
             mode = "int"           # np.matmul(x, w)
         attrs["mode"] = mode
         if mode != "int" or wdt in ("BINARY", "BIPOLAR"):
-            bits = (w + 1) / 2 if (mode == "bipolar_xnor" or wdt == "BIPOLAR") else w
+            # xnor mode reads the weights as bits, as FINN's xnorpopcountmatmul does
+            bipolar = mode == "bipolar_xnor" or (mode == "int" and wdt == "BIPOLAR")
+            bits = (w + 1) / 2 if bipolar else w
             if not np.all((bits == 0) | (bits == 1)):
                 raise GoldenWriteError(f"{name}: {wdt} weights hold values outside its range")
-            attrs["weight_encoding"] = "bipolar_bits" if wdt == "BIPOLAR" else "bits"
+            attrs["weight_encoding"] = "bipolar_bits" if bipolar else "bits"
             put("weights", _pack_bits(bits.T))   # (MH, ceil(MW/8))
         else:
             attrs["weight_encoding"] = "int"
@@ -202,9 +204,10 @@ def _node_spec(model, node, k: int, arrays: dict) -> dict:
             odt = g("outputDataType")
             attrs["out_scale"] = 2 if odt == "BIPOLAR" else 1
             attrs["out_bias"] = -1 if odt == "BIPOLAR" else int(g("ActVal"))
-            put("thresholds", _thresholds(model.get_initializer(node.input[2]),
-                                          f"{name} thresholds"))
-            spec["inputs"] = [node.input[0]]
+            thr = model.get_initializer(node.input[2])
+            if thr is None:
+                raise GoldenWriteError(f"{name}: thresholds are not an initializer")
+            put("thresholds", _thresholds(thr, f"{name} thresholds"))
     elif op == "Thresholding":
         inst = getCustomOp(node)
         g = inst.get_nodeattr

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from hw_build.finn_env import ensure_finn
 
 ensure_finn()
@@ -49,7 +51,8 @@ from hw_build.finn_fixes import (  # noqa: E402
 __all__ = ["NotHardwareError", "HW_GRAPH_STEPS", "HW_GRAPH_FILE", "step_resbin_qonnx_to_finn",
            "step_resbin_tidy", "step_resbin_streamline", "step_resbin_bipolar_fix",
            "step_resbin_convert_to_hw", "step_resbin_minimize_bit_width",
-           "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS"]
+           "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS",
+           "remove_identity_thresholds", "xnor_mvaus"]
 
 HW_GRAPH_FILE = "hw_graph.onnx"
 _RESNET_ROUNDS = 4  # rounds of the residual recipe; 2 suffice for one add, more are no-ops
@@ -81,6 +84,39 @@ def step_resbin_tidy(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrap
     return stock.step_tidy_up(model, cfg)
 
 
+def remove_identity_thresholds(model: ModelWrapper) -> tuple[ModelWrapper, list[str]]:
+    """Drop MultiThresholds that map every value of their integer input to itself (the 8-bit
+    input quantizer on raw UINT8 pixels: thresholds 1..255), so the raw input streams straight
+    into the first layers instead of through a 255-threshold layer. Exact by construction:
+    for integer x in [lo, hi], lo + #{t in lo+1..hi : x >= t} = x."""
+    from qonnx.custom_op.registry import getCustomOp as _op
+
+    removed = []
+    for node in list(model.graph.node):
+        if node.op_type != "MultiThreshold":
+            continue
+        idt = model.get_tensor_datatype(node.input[0])
+        t = model.get_initializer(node.input[1])
+        inst = _op(node)
+        if t is None or not idt.is_integer() or inst.get_nodeattr("out_scale") != 1.0:
+            continue
+        lo, hi = int(idt.min()), int(idt.max())
+        if hi - lo > 4096 or t.shape[-1] != hi - lo or inst.get_nodeattr("out_bias") != lo:
+            continue
+        if not np.array_equal(t, np.broadcast_to(np.arange(lo + 1, hi + 1), t.shape)):
+            continue
+        src, dst = node.input[0], node.output[0]
+        if dst in [o.name for o in model.graph.output]:
+            continue
+        for c in model.find_consumers(dst) or []:
+            for i, name in enumerate(c.input):
+                if name == dst:
+                    c.input[i] = src
+        model.graph.node.remove(node)
+        removed.append(node.name)
+    return model, removed
+
+
 def step_resbin_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Residual streamlining: FINN's ResNet passes, then the stock streamline, then rounding.
 
@@ -88,7 +124,8 @@ def step_resbin_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mod
     passes move them past the add and leave INT8-typed thresholds emitting 0..255); then the
     scales move past the fork and the add (MoveLinearPastFork / MoveLinearPastEltwiseAdd), the
     stock streamline makes XNOR popcounts and absorbs the rest, and RoundAndClipThresholds puts
-    the thresholds on the integer grid (exact: x >= t <=> x >= ceil(t) for integer x)."""
+    the thresholds on the integer grid (exact: x >= t <=> x >= ceil(t) for integer x).
+    Identity thresholds (the input quantizer on raw pixels) are removed."""
     model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
     for _ in range(_RESNET_ROUNDS):
         for t in (MoveLinearPastFork(), MoveLinearPastEltwiseAdd(), MoveMulPastAdd(),
@@ -96,6 +133,7 @@ def step_resbin_streamline(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mod
             model = model.transform(t)
     model = stock.step_streamline(model, cfg)
     model = model.transform(RoundAndClipThresholds())
+    model, _ = remove_identity_thresholds(model)
     return model.transform(InferDataTypes())
 
 

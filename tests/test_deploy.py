@@ -217,6 +217,7 @@ def _fake_bitfile(d: Path) -> Path:
     return d / "accel.bit"
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_pynq_driver_on_fake_board(pkg, tmp_path, monkeypatch):
     pytest.importorskip("finn")
     from deploy.accelerator import AcceleratorInputError
@@ -230,7 +231,9 @@ def test_pynq_driver_on_fake_board(pkg, tmp_path, monkeypatch):
     acc = PynqAccelerator(_fake_bitfile(tmp_path), bp.golden_path, batch_size=128,
                           build_id=bp.build_id)
     assert board.Clocks.fclk0_mhz == 100.0   # set from the build's clock, not left at 50
-    assert acc.ibuf.shape == (128, 784, 1) and acc.obuf.shape == (128, 1, 1)
+    io = board.sim.meta["io"]   # folded as the build folded the first layer (SIMD)
+    assert acc.ibuf.shape == (128,) + tuple(io["ishape_packed"][0][1:])
+    assert int(np.prod(acc.ibuf.shape[1:])) == 784 and acc.obuf.shape == (128, 1, 1)
     want = board.sim.execute(x[:128])
     np.testing.assert_array_equal(acc.execute(x[:128]), want)
     np.testing.assert_array_equal(acc.execute(x[:5].reshape(5, 28, 28)), want[:5])
@@ -247,6 +250,7 @@ def test_pynq_driver_on_fake_board(pkg, tmp_path, monkeypatch):
     assert tt["fclk[mhz]"] == 100.0 and tt["batch_size"] == 300
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_pynq_backend_errors(pkg, tmp_path, monkeypatch):
     from deploy.bundle import open_package
     from deploy.golden import GoldenError
@@ -272,6 +276,7 @@ def test_pynq_backend_errors(pkg, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ package + validate CLI
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_package_contents(pkg, work, mnist_dir):
     m = json.loads((pkg / "manifest.json").read_text())
     assert m["bitfile"] is None and m["backend"] == "sim" and m["n_test"] == 10000
@@ -294,6 +299,7 @@ def test_package_contents(pkg, work, mnist_dir):
         (pkg.parent / f"{pkg.name}.zip").read_bytes()
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_package_with_bitfile(work, mnist_dir, tmp_path):
     from deploy.package import build_package
 
@@ -312,6 +318,7 @@ def test_package_with_bitfile(work, mnist_dir, tmp_path):
     assert r.returncode == 2 and "not the file of build" in r.stderr
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_validate_cli_end_to_end(pkg, tmp_path):
     """The package's own deploy/ copy, with torch/FINN/qonnx unimportable, on 2,000 images."""
     out = tmp_path / "res.json"
@@ -338,6 +345,7 @@ def _cli_error(r):
     return lines[0]
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_validate_cli_bad_inputs(pkg, tmp_path):
     # no bitfile, backend pynq
     assert "no bitfile" in _cli_error(run_blocked("deploy.validate", ["--backend", "pynq"],
@@ -363,6 +371,7 @@ def test_validate_cli_bad_inputs(pkg, tmp_path):
         "--batch", "0"], cwd=pkg))
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_accelerator_input_checks(pkg):
     from deploy.accelerator import AcceleratorInputError
     from deploy.sim import SimAccelerator
@@ -381,3 +390,26 @@ def test_accelerator_input_checks(pkg):
     for arr, msg in bad:
         with pytest.raises(AcceleratorInputError, match=msg):
             sim.execute(arr)
+
+
+def test_package_cli_bad_inputs(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "deploy.package", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    assert "hardware build folder not found" in _cli_error(cli("--build", str(tmp_path / "no")))
+    (tmp_path / "b").mkdir()
+    assert "golden model not found" in _cli_error(cli("--build", str(tmp_path / "b")))
+
+
+@pytest.mark.finn  # the package comes from a real FINN build
+def test_package_failure_leaves_nothing(pkg, tmp_path):
+    build = tmp_path / "build"
+    build.mkdir()
+    shutil.copy2(pkg / "golden.npz", build / "golden.npz")
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, "-m", "deploy.package", "--build", str(build),
+                        "--out", str(tmp_path / "dist"), "--data-dir", str(tmp_path / "empty")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "test set 'mnist'" in _cli_error(r)
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())

@@ -226,7 +226,8 @@ def _synthetic_table(path: Path, widths: str, *, noise: float = 0.0, grid=None, 
     (path / "sweep.json").write_text(json.dumps({"identity": {"dataset": "mnist", "recipe": "thesis", "seed": 0},
                                                  "invocations": [{"widths": widths.split(",")}], "runs": []}))
     for j in plan(MNIST_INFO, widths, options_grid=grid):
-        acc = 0.9 + sum(c * j[k] for k, c in COEF.items()) + 0.01 * (j["input_bits"] == 8)
+        acc = (0.9 + sum(c * j[k] for k, c in COEF.items()) + 0.01 * (j["input_bits"] == 8)
+               - 0.005 * (j["shortcut_weight_bits"] == 4))
         acc = 0.977 if j["kind"] == "F" else acc + rng.normal(0, noise) if noise else acc
         row = {k: v for k, v in j.items() if k in R.COLUMNS}
         row.update(status="ok", test_acc=acc, run_dir=f"/runs/{j['slug']}", recipe="thesis", epochs=10)
@@ -239,14 +240,17 @@ def _synthetic_table(path: Path, widths: str, *, noise: float = 0.0, grid=None, 
 
 
 def test_regression_recovers_known_coefficients(tmp_path):
-    df = _synthetic_table(tmp_path / "a", "16,8", grid={"input_bits": [2, 8]})
+    df = _synthetic_table(tmp_path / "a", "16,8", grid={"input_bits": [2, 8], "shortcut_weight_bits": [4, 8]})
     reg = A.regression(df, "16,8")
     t = reg["table"]
     for k, c in COEF.items():
         assert t.loc[k, "coef"] == pytest.approx(c, abs=1e-10)
-    assert t.loc["const", "coef"] == pytest.approx(0.9, abs=1e-10)
-    assert t.loc["input_bits_8", "coef"] == pytest.approx(0.01, abs=1e-10)
-    assert reg["r2"] == pytest.approx(1.0) and reg["n"] == 448 and not reg["rank_deficient"]
+    assert t.loc["const", "coef"] == pytest.approx(0.91, abs=1e-10)   # the default options' level
+    assert t.loc["input_bits_2", "coef"] == pytest.approx(-0.01, abs=1e-10)
+    # shortcut bits exist only for P/Q variants (the others keep the default): measured there only
+    assert t.loc["shortcut_weight_bits_4", "coef"] == pytest.approx(-0.005, abs=1e-10)
+    n_pq = int(((df["kind"] == "B") & (df["P"] + df["Q"] > 0)).sum())
+    assert reg["r2"] == pytest.approx(1.0) and reg["n"] == 448 + n_pq // 2 and not reg["rank_deficient"]
     assert "D3" not in t.index                                      # constant columns are left out
 
     noisy = _synthetic_table(tmp_path / "b", "16,8", noise=0.002, seed=1)

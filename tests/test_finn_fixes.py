@@ -54,46 +54,57 @@ def test_stock_conversion_rounds_ties_up_and_exact_thresholds_fix_it():
 
 def test_quantizer_specs_refuse_unsupported_rounding():
     m = _tie_model()
-    m.graph.node[1].attribute[0].s = b"FLOOR"
+    next(a for a in m.graph.node[1].attribute if a.name == "rounding_mode").s = b"FLOOR"
     with pytest.raises(F.FixError, match="rounding_mode FLOOR"):
         F.quantizer_specs(m)
 
 
 def _bipolar_chain_model() -> ModelWrapper:
-    """INT8 x -> MultiThreshold (sign, BIPOLAR) -> MultiThreshold (2 thresholds, UINT2)."""
+    """INT8 x -> MatMul -> MultiThreshold (sign: BIPOLAR) -> MultiThreshold (UINT2): the sign is
+    absorbed into the MVAU, whose BIPOLAR output then feeds a Thresholding layer."""
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
     c = 8
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c])
-    nodes = [helper.make_node("MultiThreshold", ["x", "t0"], ["b"], domain="qonnx.custom_op.general",
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("MultiThreshold", ["a", "t0"], ["b"], domain="qonnx.custom_op.general",
                               out_dtype="BIPOLAR", out_scale=2.0, out_bias=-1.0),
              helper.make_node("MultiThreshold", ["b", "t1"], ["y"], domain="qonnx.custom_op.general",
                               out_dtype="UINT2")]
     m = ModelWrapper(qonnx_make_model(helper.make_graph(nodes, "bipolar", [x], [y])))
     rng = np.random.default_rng(0)
+    m.set_initializer("w", rng.integers(-2, 2, (c, c)).astype(np.float32))
     m.set_initializer("t0", rng.integers(-20, 20, (c, 1)).astype(np.float32))
     # thresholds on a +-1 input: below -1 (always), between (fires on +1), above +1 (never)
     m.set_initializer("t1", np.sort(rng.choice([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0], (c, 2)), 1)
                       .astype(np.float32))
     m.set_tensor_datatype("x", DataType["INT8"])
-    m.set_tensor_datatype("b", DataType["BIPOLAR"])
-    return m.transform(InferShapes())
+    m.set_tensor_datatype("w", DataType["INT2"])
+    return m.transform(InferShapes()).transform(InferDataTypes())
+
+
+def _to_hw(m: ModelWrapper) -> ModelWrapper:
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+
+    return m.transform(InferQuantizedMatrixVectorActivation()).transform(InferThresholdingLayer())
 
 
 def test_stock_flow_leaves_bipolar_input_thresholding_and_fix_removes_it():
-    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
-
-    m = _bipolar_chain_model()
-    x = np.repeat(np.arange(-128, 128, dtype=np.float32)[:, None], 8, axis=1)
-    want = execute(m, x)["y"]
-    stock = _bipolar_chain_model().transform(InferThresholdingLayer())
-    assert [n.op_type for n in stock.graph.node] == ["Thresholding", "Thresholding"]
+    x = np.random.default_rng(1).integers(-128, 128, (300, 8)).astype(np.float32)
+    want = execute(_bipolar_chain_model(), x)["y"]
+    stock = _to_hw(_bipolar_chain_model())
+    assert [n.op_type for n in stock.graph.node] == ["MVAU", "Thresholding"]
     assert F.bipolar_input_thresholds(stock) == [stock.graph.node[1].name]  # the HW bug's input
     fixed = _bipolar_chain_model().transform(F.BipolarInputThresholdFix())
     assert F.bipolar_input_thresholds(fixed) == []
     assert fixed.get_tensor_datatype("b") == DataType["BINARY"]
-    assert np.array_equal(execute(fixed, x)["y"], want)  # every INT8 value, every channel
-    hw = fixed.transform(InferThresholdingLayer())
-    assert [n.op_type for n in hw.graph.node] == ["Thresholding", "Thresholding"]
+    assert np.array_equal(execute(fixed, x)["y"], want)
+    hw = _to_hw(fixed)
+    assert [n.op_type for n in hw.graph.node] == ["MVAU", "Thresholding"]
     assert F.bipolar_input_thresholds(hw) == []
     assert np.array_equal(execute(hw, x)["y"], want)
 

@@ -12,6 +12,14 @@ from train.spec import ModelSpec, SpecError
 
 IMG = (28, 28, 1)
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 CASES = [  # (name, options)
     ("B-16,8", ModelOptions()),
     ("B-D16N,8N,D", ModelOptions()),

@@ -28,6 +28,7 @@ def test_notebook_is_current():
     assert [c.source for c in committed.cells] == [c.source for c in mod.build().cells]
 
 
+@pytest.mark.finn  # the package comes from a real FINN build
 def test_notebook_runs_on_sim_backend(work, mnist_dir, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default runs/<dataset>/<model slug>[__options])")
     p.add_argument("--limit-train", type=int, help="train on the first N training examples only")
     p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (small models: 1-2 is fastest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--force", action="store_true", help="retrain even if the run folder holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -82,10 +83,13 @@ def main(argv=None) -> int:
     try:
         from train.models import ModelOptions
         from train.trainer import train_run
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
         options = ModelOptions(input_bits=args.input_bits, shortcut_weight_bits=args.shortcut_bits,
                                add_bits=args.add_bits, output_weight_bits=args.output_bits,
                                pool_window=args.pool_window, pool_mode=args.pool_mode, dropout=args.dropout)
-        train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
+        metrics = train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
                   run_dir=args.run_dir, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
                   device=args.device, progress=not args.no_progress, force=args.force)
     except _user_errors() as e:
@@ -94,6 +98,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last finished epoch is in checkpoint.pt; rerun with --resume", file=sys.stderr)
         return 130
+    from train.trainer import summary_table
+    print(summary_table(metrics))
     return 0
 
 

@@ -359,7 +359,6 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
             metrics = _read_json(metrics_path)
             if progress:
                 print(f"finished run reused (pass --force to retrain): {run}", file=sys.stderr)
-                print(summary_table(metrics))
             return metrics
         if not same:
             diff = [k for k in IDENTITY_KEYS if saved.get(k) != config[k]]
@@ -445,8 +444,6 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
                "deployed_size": dep, "fpga_able": spec.fpga_able, "teacher_val_acc": teacher_acc,
                "seconds": seconds, "device": str(dev), "finished": True}
     _write_json(metrics_path, metrics)
-    if progress:
-        print(summary_table(metrics))
     return metrics
 
 

@@ -1,4 +1,7 @@
-"""HOST ONLY: (re)generate resbin_pynq_z2.ipynb with nbformat: `python deploy/notebooks/make_notebook.py`."""
+"""HOST ONLY: (re)generate resbin_pynq_z2.ipynb with nbformat.
+
+    python deploy/notebooks/make_notebook.py
+"""
 from __future__ import annotations
 
 from pathlib import Path

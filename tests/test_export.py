@@ -1,0 +1,95 @@
+"""export/: Brevitas -> QONNX, self-checked against the PyTorch forward on real MNIST."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from export.qonnx_export import ExportError, check_export, export_run
+
+pytestmark = pytest.mark.finn
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mnist_dir):
+    from train.trainer import train_run
+
+    r = tmp_path_factory.mktemp("export") / "run"
+    train_run("mnist", "B-16N,8N,QN", recipe="thesis", epochs=1, limit_train=1000, seed=0,
+              run_dir=r, data_dir=mnist_dir, progress=False, device="cpu")
+    return r
+
+
+def test_export_run_checks_itself(run):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    out = export_run(run, n_check=300)
+    assert out == run / "model.qonnx.onnx"
+    rep = json.loads((run / "export.json").read_text())
+    assert rep["n_images"] == 300
+    assert rep["identical_integer_outputs"] == 300 and rep["identical_labels"] == 300
+    assert rep["max_abs_diff_logits"] == 0.0
+    assert rep["input_datatype"] == "UINT8"
+    m = ModelWrapper(str(out))
+    assert m.get_tensor_datatype(m.graph.input[0].name).name == "UINT8"
+    assert m.get_tensor_shape(m.graph.input[0].name) == [1, 784]
+
+
+def test_tampered_model_is_an_error(run, tmp_path):
+    """A QONNX model that disagrees with PyTorch is refused, naming the count and first image."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw_build.verify import load_test_set
+    from train.trainer import load_run
+
+    export_run(run, n_check=50)
+    m = ModelWrapper(str(run / "model.qonnx.onnx"))
+    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
+    beta = m.get_initializer(bn.input[2])
+    m.set_initializer(bn.input[2], beta + 0.5)
+    bad = tmp_path / "bad.onnx"
+    m.save(str(bad))
+    model, *_ = load_run(run)
+    x, y = load_test_set(run)
+    with pytest.raises(ExportError, match=r"QONNX differs from PyTorch on \d+ of 100 test images"):
+        check_export(model, bad, x[:100], y[:100])
+
+
+def test_cli(run, capsys):
+    from export.__main__ import main
+
+    assert main([str(run), "--n-check", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "identical integer outputs  20/20" in out and "wrote" in out
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, run, capsys):
+    from export.__main__ import main
+
+    with pytest.raises(ExportError, match="no trained run here"):
+        export_run(tmp_path)
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    with pytest.raises(ExportError, match="--n-check must be >= 1"):
+        export_run(copy, n_check=0)
+
+
+def test_float_shortcut_is_refused(tmp_path, mnist_dir):
+    from train.trainer import train_run
+
+    r = tmp_path / "f"
+    train_run("mnist", "B-8N,F", recipe="thesis", epochs=1, limit_train=200, seed=0, run_dir=r,
+              data_dir=mnist_dir, progress=False, device="cpu")
+    with pytest.raises(ExportError, match="cannot go to the FPGA .*F shortcut"):
+        export_run(r)
+    assert not (r / "model.qonnx.onnx").exists()
+
+
+def test_export_is_deterministic(run):
+    a = (export_run(run, n_check=10)).read_bytes()
+    b = (export_run(run, n_check=10)).read_bytes()
+    assert a == b

@@ -1,0 +1,177 @@
+"""FINN flow: tiny models of each FPGA-able shortcut kind, trained briefly on real MNIST, go
+through export -> HW_GRAPH_STEPS; every step is checked bit-exact against the QONNX model on
+real test images, and the HW graph's layer types are asserted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hw_build import finn_fixes as F
+from hw_build import steps as S
+from hw_build import verify as V
+
+pytestmark = pytest.mark.finn
+N_CHECK = 200
+
+# (model, options, expected HW op types in graph order; the raw UINT8 input needs no
+# Thresholding: the 8-bit input quantizer is the identity on it and is removed)
+KINDS = {
+    # Q shortcut with N; hidden width 80 > 64 makes the second layer an XNOR MVAU with MW=80
+    "Q+N": ("B-80N,16N,QN", {}, ["DuplicateStreams", "MVAU", "MVAU", "MVAU",
+                                 "ElementwiseAdd", "Thresholding", "MVAU", "LabelSelect"]),
+    "none": ("B-32N,16N", {}, ["MVAU", "MVAU", "MVAU", "LabelSelect"]),
+    "Q": ("B-32N,16N,Q", {}, ["DuplicateStreams", "MVAU", "MVAU", "MVAU",
+                              "ElementwiseAdd", "Thresholding", "MVAU", "LabelSelect"]),
+    "P+N": ("B-32N,16N,PN", {"pool_window": 16}, None),
+    "P vertical": ("B-32N,16N,P", {"pool_mode": "vertical", "pool_window": 4}, None),
+}
+SLOW = {"Q", "P+N", "P vertical"}
+
+
+def _train_export(root, mnist_dir, name: str, opts: dict):
+    from export.qonnx_export import export_run
+    from train.models import ModelOptions
+    from train.trainer import train_run
+
+    run = root / name.replace(",", "_")
+    train_run("mnist", name, recipe="thesis", epochs=1, limit_train=2000, seed=0, run_dir=run,
+              data_dir=mnist_dir, progress=False, device="cpu", options=ModelOptions(**opts))
+    export_run(run, n_check=N_CHECK)
+    return run
+
+
+def _cfg(out):
+    from finn.builder.build_dataflow_config import DataflowBuildConfig
+
+    return DataflowBuildConfig(output_dir=str(out), synth_clk_period_ns=10.0, generate_outputs=[],
+                               board="Pynq-Z2")
+
+
+def _hw_flow(run, out, stop_before=None):
+    """Run HW_GRAPH_STEPS with a bit-exact check after each; returns {step name: model}."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    ref = V.reference_batch(run, N_CHECK)
+    model, cfg, seen = ModelWrapper(str(run / "model.qonnx.onnx")), _cfg(out), {}
+    for step in S.HW_GRAPH_STEPS:
+        if step is stop_before:
+            break
+        model = V.verified(step, ref)(model, cfg)
+        seen[step.__name__] = model
+    return seen, ref
+
+
+@pytest.fixture(scope="module")
+def qn_flow(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("flow")
+    name, opts, _ = KINDS["Q+N"]
+    run = _train_export(root, mnist_dir, name, opts)
+    seen, ref = _hw_flow(run, run / "hw" / "test")
+    return run, seen, ref
+
+
+def _assert_hw_graph(model, expected):
+    ops = [n.op_type for n in model.graph.node]
+    assert S.non_hw_nodes(model) == []
+    if expected is not None:
+        assert ops == expected
+    # hidden binary layers after the first are XNOR MVAUs with a popcount accumulator
+    for name, mw, acc in S.xnor_mvaus(model):
+        assert acc == F.xnor_acc_type(mw).name, (name, mw, acc)
+    assert F.bipolar_input_thresholds(model) == []
+
+
+def test_qn_hw_graph(qn_flow):
+    run, seen, ref = qn_flow
+    hw = seen["step_resbin_create_dataflow_partition"]
+    _assert_hw_graph(hw, KINDS["Q+N"][2])
+    assert [mw for _, mw, _ in S.xnor_mvaus(hw)] == [80]
+    saved = run / "hw" / "test" / S.HW_GRAPH_FILE
+    assert saved.exists()
+    # the saved child model executes standalone and equals QONNX on every checked image
+    assert V.check_step("hw_graph.onnx", str(saved), ref) == N_CHECK
+    labels = V.execute(str(saved), ref.x)[hw.graph.output[0].name].reshape(-1)
+    assert np.array_equal(labels, ref.y_int.argmax(1))
+
+
+def test_streamlined_graph_has_no_bipolar_input_thresholds(qn_flow):
+    _, seen, _ = qn_flow
+    m = seen["step_resbin_bipolar_fix"]
+    assert F.bipolar_input_thresholds(m) == []
+    assert {n.op_type for n in m.graph.node} <= {"MultiThreshold", "MatMul", "XnorPopcountMatMul",
+                                                 "Add", "Mul"}
+
+
+def test_stock_xnor_accumulator_is_too_narrow(qn_flow):
+    """finn-plus' own minimize_bit_width on the same HW-layer graph: the XNOR MVAU (MW=80) gets a
+    signed accumulator that cannot hold popcounts up to 80, and its thresholds get clipped."""
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import (
+        MinimizeAccumulatorWidth,
+    )
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    _, seen, ref = qn_flow
+    hw = seen["step_resbin_convert_to_hw"]
+    stock = ModelWrapper(hw.model).transform(MinimizeAccumulatorWidth())
+    node = next(n for n in stock.graph.node if F.is_xnor_mvau(n))
+    adt = DataType[getCustomOp(node).get_nodeattr("accDataType")]
+    assert adt.signed() and adt.max() < 80  # popcounts 0..80 do not fit
+    before = stock.get_initializer(node.input[2]).copy()
+    stock = stock.transform(RoundAndClipThresholds())
+    after = stock.get_initializer(node.input[2])
+    clipped = int((after != np.ceil(before)).sum())
+    assert clipped > 0 and after.max() <= adt.max() + 1
+    fixed = seen["step_resbin_minimize_bit_width"]
+    fnode = next(n for n in fixed.graph.node if F.is_xnor_mvau(n))
+    assert getCustomOp(fnode).get_nodeattr("accDataType") == "UINT7"
+    assert V.check_step("fixed", fixed, ref) == N_CHECK
+    n_diff = int(np.any(V.integer_outputs(stock, ref.x, out_scale=ref.out_scale) != ref.y_int,
+                        axis=1).sum())
+    print(f"stock XNOR accumulator {adt.name} for MW=80: {clipped} thresholds clipped, "
+          f"{n_diff} of {N_CHECK} images changed")
+
+
+def test_divergence_names_the_step(qn_flow):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    _, seen, ref = qn_flow
+    bad = ModelWrapper(seen["step_resbin_streamline"].model)
+    mt = next(n for n in bad.graph.node if n.op_type == "MultiThreshold"
+              and bad.get_initializer(n.input[1]).shape[-1] > 1)
+    t = bad.get_initializer(mt.input[1])
+    bad.set_initializer(mt.input[1], t + 3)  # shift every threshold by three integers
+    with pytest.raises(V.DivergenceError, match=r"^broken step: integer outputs differ .*first: "
+                                                r"image \d+"):
+        V.check_step("broken step", bad, ref)
+
+
+def test_f_shortcut_is_refused(tmp_path):
+    import torch
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from export.qonnx_export import export_model
+    from train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("B-16N,F", 784, 10).eval()  # a float shortcut: not FPGA-able
+    m = ModelWrapper(str(export_model(model, 784, tmp_path / "f.onnx")))
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(S.NotHardwareError, match=r"cannot build these nodes as hardware: .*MatMul"):
+        for step in S.HW_GRAPH_STEPS:
+            m = step(m, cfg)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k
+                                  for k in KINDS if k != "Q+N"])
+def test_kind_to_hw_graph(kind, tmp_path, mnist_dir):
+    name, opts, expected = KINDS[kind]
+    run = _train_export(tmp_path, mnist_dir, name, opts)
+    seen, _ = _hw_flow(run, tmp_path / "hw")
+    hw = seen["step_resbin_create_dataflow_partition"]
+    _assert_hw_graph(hw, expected)
+    ops = [n.op_type for n in hw.graph.node]
+    if name.endswith(("PN", "P")):
+        assert {"ConvolutionInputGenerator", "Pool", "DuplicateStreams", "ElementwiseAdd"} <= set(ops)
