@@ -2,33 +2,45 @@
 # Variables (override on the command line, e.g. `make sim DATASET=mnist MODEL="B-D128N,PN"`):
 DATASET    ?= mnist
 MODEL      ?= B-D128N,D88N,D88N,QN,D
-RECIPE     ?= strong
+RECIPE     ?=
 EPOCHS     ?=
 SEED       ?= 0
 BOARD      ?= Pynq-Z2
 TARGET_FPS ?=
 FOLDING    ?=
-CLOCK_MHZ  ?= 100
+CLOCK_MHZ  ?=
 WIDTHS     ?= 128,88
 LIMIT      ?=
 SAMPLE     ?=
-SWEEP      ?= runs/sweeps/$(DATASET)-$(subst $(comma),-,$(WIDTHS))-$(RECIPE)
+SWEEP      ?=
 RUN        ?=
+# build options the thesis held fixed (default: the model's defaults)
+INPUT_BITS ?=
+SHORTCUT_BITS ?=
+ADD_BITS   ?=
+OUTPUT_BITS ?=
+POOL_WINDOW ?=
+POOL_MODE  ?=
 
-comma := ,
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # written by env/setup.sh, named by the hash of the lock: a changed lock reinstalls
 STAMP  := $(VENV)/.resbin-lock-$(shell cat env/requirements.lock env/finn-plus.txt | sha256sum | cut -c1-16)
 
 # Optional flags: passed only when the variable is set.
-train_args = --dataset $(DATASET) --model "$(MODEL)" --recipe $(RECIPE) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS))
-hw_args    = --dataset $(DATASET) --model "$(MODEL)" --recipe $(RECIPE) --seed $(SEED) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-             --board $(BOARD) --clock-mhz $(CLOCK_MHZ) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(if $(FOLDING),--folding $(FOLDING)) \
-             $(if $(RUN),--run $(RUN))
+opt_args   = $(if $(INPUT_BITS),--input-bits $(INPUT_BITS)) $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS)) \
+             $(if $(ADD_BITS),--add-bits $(ADD_BITS)) $(if $(OUTPUT_BITS),--output-bits $(OUTPUT_BITS)) \
+             $(if $(POOL_WINDOW),--pool-window $(POOL_WINDOW)) $(if $(POOL_MODE),--pool-mode $(POOL_MODE))
+train_args = --dataset $(DATASET) --model "$(MODEL)" --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) \
+             $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args) $(if $(RUN),--run-dir $(RUN))
+hw_args    = --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) \
+             $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(if $(FOLDING),--folding $(FOLDING))
+# the run folder of DATASET/MODEL/options (or RUN): one folder per data set and model
+run_dir    = $(or $(RUN),$(shell $(PY) -m train $(train_args) --print-run-dir))
+sweeps     = $(if $(SWEEP),--sweep $(SWEEP),--dataset $(DATASET))
 
 .PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim bitstream \
-        deploy validate sweep report pareto bench-accuracy bench-hw bench-sim bench-sweep docker-build clean
+        deploy sweep report pareto bench-accuracy bench-hw bench-sim bench-sweep docker-build clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 18
@@ -53,7 +65,7 @@ lock: $(STAMP)   ## rewrite env/requirements.lock from the current .venv
 data: $(STAMP)   ## download and verify DATASET (mnist, cifar10, imdb, reuters)
 	$(PY) -m train.data fetch $(DATASET)
 
-train: $(STAMP)  ## train MODEL on DATASET (reuses a finished run; RECIPE=thesis|strong, EPOCHS)
+train: $(STAMP)  ## train MODEL on DATASET (reuses a finished run; RECIPE=strong|thesis, EPOCHS, option variables)
 	$(PY) -m train $(train_args)
 
 size: $(STAMP)   ## thesis size and deployed size of MODEL on DATASET
@@ -62,46 +74,50 @@ size: $(STAMP)   ## thesis size and deployed size of MODEL on DATASET
 variants: $(STAMP) ## list the thesis's variants of WIDTHS in thesis order
 	$(PY) -m train variants --widths $(WIDTHS)
 
-export: $(STAMP) ## train if needed, then export MODEL to QONNX and check it against PyTorch
-	$(PY) -m train $(train_args)
-	$(PY) -m export "$$($(PY) -m train $(train_args) --print-run-dir)"
+export: train     ## export the trained MODEL to QONNX and check it against PyTorch
+	$(PY) -m export $(run_dir)
 
-estimate: $(STAMP) ## FINN build up to resource/throughput estimates for BOARD at TARGET_FPS, with fit check
-	$(PY) -m hw_build estimate $(hw_args)
+estimate: train   ## FINN build up to resource/throughput estimates for BOARD (TARGET_FPS or the fastest that fits), fit check
+	$(PY) -m hw_build estimate --run $(run_dir) $(hw_args)
 
-codegen: $(STAMP) ## FINN build up to HLS/RTL code generation
-	$(PY) -m hw_build codegen $(hw_args)
+codegen: train    ## FINN build up to HLS/RTL code generation
+	$(PY) -m hw_build codegen --run $(run_dir) $(hw_args)
 
-sim: $(STAMP)    ## main command: train, export, compile and simulate the accelerator on the whole test set
-	$(PY) -m hw_build sim $(hw_args)
+sim: train        ## main command: train, export, compile and simulate the accelerator on the whole test set
+	$(PY) -m hw_build sim --run $(run_dir) $(hw_args)
 
-bitstream: $(STAMP) ## everything up to the bitfile (stops with exit code 3 before IP generation without Vivado)
-	$(PY) -m hw_build bitstream $(hw_args)
+bitstream: train  ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
+	$(PY) -m hw_build bitstream --run $(run_dir) $(hw_args)
 
-deploy: $(STAMP) ## assemble the PYNQ board package (bitfile if built, golden model, test set, notebook)
-	$(PY) -m deploy.package $(hw_args)
+deploy: sim       ## assemble the PYNQ board package in dist/ (bitfile if built, golden model, test set, notebook)
+	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out dist
 
-sweep: $(STAMP)  ## train every variant of WIDTHS (LIMIT, SAMPLE), resumable, parallel (Ray)
-	$(PY) -m dse sweep --dataset $(DATASET) --widths $(WIDTHS) --recipe $(RECIPE) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	  $(if $(LIMIT),--limit $(LIMIT)) $(if $(SAMPLE),--sample $(SAMPLE)) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) --out $(SWEEP)
+sweep: $(STAMP)  ## train every variant of WIDTHS (SAMPLE=N of them, LIMIT=N images), resumable, parallel (Ray)
+	$(PY) -m dse sweep --dataset $(DATASET) --widths $(WIDTHS) $(if $(RECIPE),--recipe $(RECIPE)) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(SAMPLE),--sample $(SAMPLE)) \
+	  --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(if $(SWEEP),--out $(SWEEP))
 
-report: $(STAMP) ## markdown report with plots of a finished SWEEP
-	$(PY) -m dse report $(SWEEP)
+report: $(STAMP)  ## markdown report with plots of the sweeps of DATASET (or SWEEP=<folder>)
+	$(PY) -m dse report $(sweeps)
 
-pareto: $(STAMP) ## most accurate variant of a SWEEP that fits BOARD at TARGET_FPS
-	$(PY) -m dse pareto $(SWEEP) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
+pareto: $(STAMP)  ## most accurate swept variant that fits BOARD at TARGET_FPS; prints the `make bitstream` line
+	$(PY) -m dse pareto $(sweeps) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
 
-bench-accuracy: $(STAMP) ## MNIST accuracy of the thesis's baselines and best variants -> docs/results/mnist-accuracy.md
-	$(PY) -m train.bench_accuracy --out docs/results/mnist-accuracy.md $(if $(EPOCHS),--epochs $(EPOCHS))
+bench_args = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
-bench-hw: $(STAMP) ## FINN estimates + simulated accuracy of the best variants -> docs/results/mnist-hw.md
-	$(PY) -m hw_build bench --out docs/results/mnist-hw.md
+bench-accuracy: $(STAMP) ## MNIST accuracy of the thesis's baselines and best variants (P and Q) -> docs/results/mnist-accuracy.md
+	$(PY) -m train.bench_accuracy $(bench_args) --out docs/results/mnist-accuracy.md
 
-bench-sim: $(STAMP) ## images/s of the software accelerator vs FINN and PyTorch -> docs/results/sim-speed.md
-	$(PY) -m hw_build.bench_sim --out docs/results/sim-speed.md
+bench-hw: bench-accuracy ## FINN estimates at 1e5/1e6 fps + simulated accuracy of those binary models -> docs/results/mnist-hw.md
+	$(PY) -m hw_build bench --runs $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs binary) \
+	  --targets 1e5 1e6 --board $(BOARD) --out docs/results/mnist-hw.md
 
-bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/
-	$(PY) -m dse bench --out docs/results
+bench-sim: bench-hw ## images/s of the software accelerator vs FINN and PyTorch on 10k MNIST -> docs/results/sim-speed.md
+	$(PY) -m hw_build.bench_sim --run $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs "$(MODEL)") \
+	  --out docs/results/sim-speed.md
+
+bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
+	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) --out docs/results/mnist-sweep
 
 docker-build:    ## build the FINN/Vivado toolchain image (Vivado is mounted from the host at run time)
 	docker build -f docker/Dockerfile -t resbin:latest .

@@ -119,3 +119,16 @@ def smallest_int_dtype(lo: int, hi: int):
         if info.min <= lo and hi <= info.max:
             return t
     raise GoldenError(f"range [{lo}, {hi}] does not fit in int64")
+
+
+def find_build(path) -> Path:
+    """A hardware build folder (holding golden.npz) from itself or from a training run folder
+    (then the newest `<run>/hw/*/` that has a golden.npz)."""
+    path = Path(path)
+    if (path / "golden.npz").is_file():
+        return path
+    cands = sorted((path / "hw").glob("*/golden.npz"), key=lambda p: p.stat().st_mtime)
+    if not cands:
+        raise GoldenError(f"{path}: golden model not found (no golden.npz here nor in {path}/hw/*/; "
+                          "build one first: python -m hw_build estimate --run <run>)")
+    return cands[-1].parent

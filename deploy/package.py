@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.bundle import MANIFEST, PackageError, sha256
-from deploy.golden import GoldenError, read_golden
+from deploy.golden import GoldenError, find_build, read_golden
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 HOST_ONLY = {"package.py"}
@@ -104,9 +104,9 @@ Results are written to `results/validate-<dataset>-<backend>.json`.
 def build_package(build, dataset: str = "mnist", out="dist", name: str | None = None,
                   data_dir=None, make_zip: bool = True) -> Path:
     """Assemble <out>/<name>/ (+ <out>/<name>.zip); returns the folder."""
-    build = Path(build)
-    if not build.is_dir():
+    if not Path(build).is_dir():
         raise PackageError(f"{build}: hardware build folder not found")
+    build = find_build(build)
     golden_src = build / "golden.npz"
     g = read_golden(golden_src)
     model, slug = _model_name(build, g.meta)
@@ -183,7 +183,7 @@ def _zip(root: Path, dest: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.package",
                                  description="Assemble the board package (host only).")
-    ap.add_argument("--build", required=True, help="hardware build folder (holds golden.npz)")
+    ap.add_argument("--build", required=True, help="hardware build folder (holds golden.npz), or a run folder: its newest build")
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--out", default="dist", help="output folder (default: dist)")
     ap.add_argument("--name", default=None, help="package name (default resbin-<ds>-<slug>)")

@@ -28,6 +28,8 @@ def export_model(model, n_inputs: int, out_path: str | Path, input_max: int | No
     whose input carries the raw integer datatype (UINT8 for 0..255)."""
     import torch
     from brevitas.export import export_qonnx
+
+    from export.brevitas_fixes import unsigned_binary_quant_export
     from qonnx.core.datatype import DataType
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
@@ -39,7 +41,7 @@ def export_model(model, n_inputs: int, out_path: str | Path, input_max: int | No
     model.eval()
     tmp = out_path.with_name(out_path.name + ".tmp.onnx")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unsigned_binary_quant_export():
             export_qonnx(model, torch.zeros(1, n_inputs), str(tmp))
         mw = cleanup_model(ModelWrapper(str(tmp)))
         mw.set_tensor_datatype(mw.graph.input[0].name, DataType.get_smallest_possible(input_max))
@@ -47,6 +49,8 @@ def export_model(model, n_inputs: int, out_path: str | Path, input_max: int | No
         tmp.replace(out_path)  # atomic: a failed export never leaves a half-written model
     finally:
         tmp.unlink(missing_ok=True)
+        # the torch exporter may write the weights beside the file; cleanup_model re-inlines them
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
         model.train(was_training)
     return out_path
 

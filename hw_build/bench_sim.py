@@ -38,16 +38,12 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def _find_build(run: Path, build: Path | None) -> Path:
-    if build is not None:
-        if not (build / "golden.npz").is_file():
-            raise BenchError(f"{build}/golden.npz: not found (run `python -m hw_build estimate`)")
-        return build
-    cands = sorted((run / "hw").glob("*/golden.npz"), key=lambda p: p.stat().st_mtime)
-    if not cands:
-        raise BenchError(f"{run}/hw/*/golden.npz: no hardware build of this run "
-                         "(run `python -m hw_build estimate --run <run>` first)")
-    return cands[-1].parent
+def _find_build_or_error(run: Path, build: Path | None) -> Path:
+    from deploy.golden import GoldenError, find_build
+    try:
+        return find_build(build if build is not None else run)
+    except GoldenError as e:
+        raise BenchError(str(e)) from None
 
 
 def bench(run, build=None, finn_images: int = 200, threads: int = 2, repeats: int = 5,
@@ -62,7 +58,7 @@ def bench(run, build=None, finn_images: int = 200, threads: int = 2, repeats: in
     run = Path(run)
     if not (run / "config.json").is_file():
         raise BenchError(f"{run}/config.json: not a training run folder")
-    build = _find_build(run, Path(build) if build else None)
+    build = _find_build_or_error(run, Path(build) if build else None)
     cfg = json.loads((run / "config.json").read_text())
     ds = load_dataset(cfg.get("dataset", "mnist"), data_dir, download=False)
     x, y = np.ascontiguousarray(ds.x_test), ds.y_test

@@ -11,7 +11,6 @@ redirects sys.stdout for good, and cannot stop before a step with a typed error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from deploy.bundle import sha256
 from hw_build.boards import Board, get_board
 from hw_build.finn_env import MissingToolError, ensure_finn, tools
 
@@ -81,14 +81,6 @@ def target_name(target_fps: float | None = None, folding: str | Path | None = No
 def out_dir_for(run_dir: str | Path, board: Board, clock_mhz: float, target: str) -> Path:
     clk = "" if clock_mhz == board.clock_mhz else f"-{_num(clock_mhz)}MHz"
     return Path(run_dir) / "hw" / f"{board.name}-{target}{clk}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -375,12 +367,12 @@ def build(run_dir: str | Path, *, board: str | Board = "Pynq-Z2", clock_mhz: flo
     all_steps = _make_steps(ctx, graph_steps, mbw_step)
     names = [s.name for s in all_steps]
     config = {"run_dir": str(run_dir.resolve()), "qonnx": str(qonnx.resolve()),
-              "qonnx_sha256": _sha256(qonnx), "board": brd.name, "part": brd.part,
+              "qonnx_sha256": sha256(qonnx), "board": brd.name, "part": brd.part,
               "clock_mhz": clock_mhz, "target_fps": target_fps, "search": search,
               "budget_fraction": budget_fraction, "target": target, "verify_n": verify_n,
               "standalone_thresholds": standalone_thresholds,
               "folding": str(folding) if folding else None,
-              "folding_sha256": _sha256(folding) if folding else None, "steps": names}
+              "folding_sha256": sha256(folding) if folding else None, "steps": names}
     last_stage = {"estimate": "estimate", "codegen": "codegen", "bitstream": "bitstream"}[until]
     order = ["graph", "estimate", "codegen", "bitstream"]
     todo = [s for s in all_steps if order.index(s.stage) <= order.index(last_stage)]
@@ -503,8 +495,6 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
 
     Returns one row per (run, target). A design that does not fit is a row with fits = no.
     """
-    from hw_build.estimate import DoesNotFitError  # noqa: F401  (check_fit=False: never raised)
-
     brd = get_board(board)
     tlist = [_target_arg(t) for t in targets]
     rows, sims = [], {}
@@ -537,8 +527,6 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
 
 
 def bench_markdown(rows: list[dict], board: Board, clock_mhz: float) -> str:
-    from hw_build.boards import RESOURCES  # noqa: F401
-
     cap = board.capacity()
     lines = [f"# Hardware estimates on {board.name} ({board.part}) at {clock_mhz:g} MHz", "",
              "FINN (finn-plus) estimates after the resource-aware folding search: for a target the "

@@ -19,15 +19,20 @@ import math
 from pathlib import Path
 
 import numpy as np
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.custom_op.registry import getCustomOp
 
-from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
-from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
-from finn.util.fpgadataflow import is_hls_node, is_rtl_node
-from finn.util.memutil import get_memutil_alternatives, mem_primitives_versal
+from hw_build.finn_env import ensure_finn
 
-from hw_build.boards import BOARDS, RESOURCES, Board
+ensure_finn()
+
+from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
+from qonnx.custom_op.registry import getCustomOp  # noqa: E402
+
+from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance  # noqa: E402
+from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles  # noqa: E402
+from finn.util.fpgadataflow import is_hls_node, is_rtl_node  # noqa: E402
+from finn.util.memutil import get_memutil_alternatives, mem_primitives_versal  # noqa: E402
+
+from hw_build.boards import BOARDS, RESOURCES, Board  # noqa: E402
 
 __all__ = ["DoesNotFitError", "node_resources", "model_resources", "stored_bits",
            "collect_report", "fit_check", "write_report", "summary_markdown"]

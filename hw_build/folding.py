@@ -15,17 +15,22 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.custom_op.registry import getCustomOp
+from hw_build.finn_env import ensure_finn
 
-from finn.transformation.fpgadataflow.set_folding import SetFolding, divisors
-from finn.transformation.general import ApplyConfig
-from finn.util.basic import MAX_ALLOWED_AP_INT_W
-from finn.util.config import extract_model_config
-from finn.util.fpgadataflow import is_hls_node, is_rtl_node
+ensure_finn()
 
-from hw_build.boards import RESOURCES, Board
-from hw_build.estimate import model_resources, node_resources
+
+from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
+from qonnx.custom_op.registry import getCustomOp  # noqa: E402
+
+from finn.transformation.fpgadataflow.set_folding import SetFolding, divisors  # noqa: E402
+from finn.transformation.general import ApplyConfig  # noqa: E402
+from finn.util.basic import MAX_ALLOWED_AP_INT_W  # noqa: E402
+from finn.util.config import extract_model_config  # noqa: E402
+from finn.util.fpgadataflow import is_hls_node, is_rtl_node  # noqa: E402
+
+from hw_build.boards import RESOURCES, Board  # noqa: E402
+from hw_build.estimate import model_resources, node_resources  # noqa: E402
 
 __all__ = ["FoldingError", "FOLDING_ATTRS", "extract_folding", "save_folding", "check_folding",
            "apply_folding_file", "stock_folding", "resource_aware_folding", "cycles_per_frame"]

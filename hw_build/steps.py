@@ -74,6 +74,13 @@ def non_hw_nodes(model: ModelWrapper) -> list[str]:
 def step_resbin_qonnx_to_finn(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Stock QONNX -> FINN-ONNX conversion, then every quantizer's thresholds put exactly on
     the integer grid of its accumulator (hw_build.finn_fixes.ExactThresholds)."""
+    unsigned_1bit = [n.name for n in model.graph.node if n.op_type == "Quant"
+                     and model.get_initializer(n.input[3]) is not None
+                     and float(model.get_initializer(n.input[3])) == 1.0
+                     and not any(a.name == "signed" and a.i for a in n.attribute)]
+    if unsigned_1bit:  # FINN's converter takes any 1-bit quantizer for a bipolar one
+        raise NotHardwareError(f"unsigned 1-bit quantizer(s) {', '.join(unsigned_1bit)} (e.g. --input-bits 1): "
+                               "finn-plus 1.6.1 converts 1-bit quantizers as bipolar only; use 2 or more bits")
     specs = quantizer_specs(model)
     model = stock.step_qonnx_to_finn(model, cfg)
     return model.transform(ExactThresholds(specs))

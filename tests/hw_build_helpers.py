@@ -1,7 +1,6 @@
 """Shared by tests/test_hw_build.py and tests/test_folding.py: one tiny trained + exported run."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 # two binary hidden layers and the 8-bit Q shortcut: every layer kind of the thesis model
@@ -31,9 +30,3 @@ def estimate_build(run: Path) -> dict:
 
         _CACHE["auto"] = build(run, until="estimate", progress=False)
     return _CACHE["auto"]
-
-
-def copy_run(run: Path, dst: Path) -> Path:
-    """A copy of the run folder without its hw/ builds."""
-    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("hw"))
-    return dst

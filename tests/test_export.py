@@ -93,3 +93,38 @@ def test_export_is_deterministic(run):
     a = (export_run(run, n_check=10)).read_bytes()
     b = (export_run(run, n_check=10)).read_bytes()
     assert a == b
+
+
+def test_unsigned_1bit_input_exports_exactly_and_finn_refuses_it_clearly(tmp_path, mnist_dir):
+    """Brevitas exports every 1-bit quantizer as BipolarQuant (the bug export/brevitas_fixes.py
+    works around); finn-plus converts 1-bit quantizers as bipolar only, so the build refuses."""
+    import torch
+    from brevitas.export import export_qonnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from export.qonnx_export import export_model
+    from hw_build.steps import NotHardwareError, step_resbin_qonnx_to_finn
+    from train.models import ModelOptions
+    from train.trainer import train_run, load_run
+
+    r = tmp_path / "run1"
+    train_run("mnist", "B-16N,QN", recipe="thesis", epochs=1, limit_train=1000, seed=0, run_dir=r,
+              data_dir=mnist_dir, progress=False, device="cpu", options=ModelOptions(input_bits=1))
+    model, *_ = load_run(r)
+    # the bug, reproduced with the stock exporter: the {0, 1} input quantizer becomes a sign
+    stock = tmp_path / "stock.onnx"
+    with torch.no_grad():
+        export_qonnx(model.eval(), torch.zeros(1, 784), str(stock))
+    m = ModelWrapper(str(stock))
+    div_out = next(n.output[0] for n in m.graph.node if n.op_type == "Div")
+    assert m.find_consumer(div_out).op_type == "BipolarQuant"
+    # with the workaround: a plain unsigned 1-bit Quant, and QONNX equals PyTorch
+    export_run(r, n_check=200)
+    rep = json.loads((r / "export.json").read_text())
+    assert rep["identical_integer_outputs"] == 200 and rep["max_abs_diff_logits"] == 0.0
+    fixed = ModelWrapper(str(r / "model.qonnx.onnx"))
+    div_out = next(n.output[0] for n in fixed.graph.node if n.op_type == "Div")
+    q = fixed.find_consumer(div_out)
+    assert q.op_type == "Quant" and float(fixed.get_initializer(q.input[3])) == 1.0
+    with pytest.raises(NotHardwareError, match="unsigned 1-bit quantizer"):
+        step_resbin_qonnx_to_finn(fixed, None)

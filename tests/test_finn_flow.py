@@ -175,3 +175,19 @@ def test_kind_to_hw_graph(kind, tmp_path, mnist_dir):
     ops = [n.op_type for n in hw.graph.node]
     if name.endswith(("PN", "P")):
         assert {"ConvolutionInputGenerator", "Pool", "DuplicateStreams", "ElementwiseAdd"} <= set(ops)
+
+
+def test_simulate_equals_qonnx(qn_flow):
+    import json
+
+    from hw_build.simulate import SimulationError, simulate
+
+    run, _, ref = qn_flow
+    res = simulate(run, limit=300, progress=False)  # finds run/hw/test/hw_graph.onnx
+    assert res["identical"] == "300/300" and res["labels_equal_qonnx"] == "300/300"
+    x_acc = float((ref.y_int.argmax(1) == ref.labels).mean())  # first 200 images
+    assert 0.5 < res["accuracy"] <= 1.0 and 0.5 < x_acc
+    assert isinstance(res["cppsim"], str) or res["cppsim"]["cppsim_identical"] > 0
+    assert json.loads((run / "hw" / "test" / "sim.json").read_text())["identical"] == "300/300"
+    with pytest.raises(SimulationError, match="no hw_graph.onnx"):
+        simulate(run / "hw")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hw_build_helpers import copy_run, estimate_build, tiny_run
+from hw_build_helpers import estimate_build, tiny_run
 
 pytestmark = pytest.mark.finn
 REPO = Path(__file__).resolve().parent.parent

@@ -81,11 +81,16 @@ def test_binary_layers_use_pm1_weights_and_sign_activations():
 def test_input_quantizer_is_identity_on_8bit_pixels():
     m = build_model("B-8,Q", 784, 10)
     k = torch.arange(256.0).repeat(4)[:784].reshape(1, 784)
-    out = m.input_quant(k / 255)
-    assert torch.equal(torch.round(out * 255), k)
-    assert (out * 255 - k).abs().max() < 1e-4
+    assert m.input_div == 256.0
+    out = m.input_quant(k / m.input_div)
+    # power-of-two scale: exactly k / 256, no rounding anywhere
+    assert torch.equal(out * 256, k)
     m2 = build_model("B-8,Q", 784, 10, ModelOptions(input_bits=2))
-    assert set(torch.round(m2.input_quant(k / 255) * 3).unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    q2 = m2.input_quant(k / m2.input_div) * 4
+    assert set(q2.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    # 2 bits: round(k / 64), clamped to 3 (ties to even: k = 32 -> 0, k = 96 -> 2)
+    expect = torch.clamp(torch.round(k / 64), max=3)
+    assert torch.equal(q2, expect)
 
 
 def test_add_uses_one_shared_quantizer_with_power_of_two_scale():

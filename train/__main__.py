@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--force", action="store_true", help="retrain even if the run folder holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--print-run-dir", action="store_true",
+                   help="print the run folder these arguments name, and exit (the Makefile uses it)")
     return p
 
 
@@ -89,6 +91,13 @@ def main(argv=None) -> int:
         options = ModelOptions(input_bits=args.input_bits, shortcut_weight_bits=args.shortcut_bits,
                                add_bits=args.add_bits, output_weight_bits=args.output_bits,
                                pool_window=args.pool_window, pool_mode=args.pool_mode, dropout=args.dropout)
+        if args.print_run_dir:
+            from train.models import options_suffix
+            from train.spec import ModelSpec
+            from train.trainer import default_run_dir
+            slug = ModelSpec.parse(args.model).slug + options_suffix(options)
+            print(args.run_dir or default_run_dir(args.dataset, slug))
+            return 0
         metrics = train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
                   run_dir=args.run_dir, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
                   device=args.device, progress=not args.no_progress, force=args.force)

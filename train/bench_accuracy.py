@@ -32,11 +32,17 @@ MODELS = ["F-128", "F-128,88", "F-128,88,88",
 GOAL = 0.98  # issue: 3-hidden-layer binary variants
 
 
+def bench_run_dir(name: str, recipe: str, epochs: int | None, seed: int) -> Path:
+    """Run folder of one benchmark model (make bench-hw and bench-sim reuse these)."""
+    tag = f"{recipe}{'' if epochs is None else f'-e{epochs}'}-s{seed}"
+    return runs_root() / "bench-accuracy" / tag / ModelSpec.parse(name).slug
+
+
 def run(models, recipe: str, epochs: int | None, seed: int, data_dir) -> list[dict]:
     rows = []
     for name in models:
         spec = ModelSpec.parse(name)
-        rd = runs_root() / "bench-accuracy" / f"{recipe}{'' if epochs is None else f'-e{epochs}'}-s{seed}" / spec.slug
+        rd = bench_run_dir(name, recipe, epochs, seed)
         m = train_run("mnist", spec, recipe=recipe, epochs=epochs, seed=seed, run_dir=rd, data_dir=data_dir,
                       resume=True)
         rows.append(m)
@@ -77,10 +83,18 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=";".join(MODELS), help="';'-separated model names")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=Path("docs/results/mnist-accuracy.md"))
+    ap.add_argument("--list-runs", metavar="WHICH",
+                    help="print the run folders of 'binary' (the six binary models) or of one model name, "
+                         "and exit without training")
     args = ap.parse_args(argv)
+    models = [m for m in args.models.split(";") if m]
+    if args.list_runs:
+        pick = [m for m in models if m.startswith("B-")] if args.list_runs == "binary" else [args.list_runs]
+        print(" ".join(str(bench_run_dir(m, args.recipe, args.epochs, args.seed)) for m in pick))
+        return 0
     command = "python -m train.bench_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     t0 = time.perf_counter()
-    rows = run([m for m in args.models.split(";") if m], args.recipe, args.epochs, args.seed, args.data_dir)
+    rows = run(models, args.recipe, args.epochs, args.seed, args.data_dir)
     text = markdown(rows, command, time.perf_counter() - t0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -2,7 +2,8 @@
 
 Binary model (`B-...`), in forward order (attribute names in brackets; export/hw_build rely on them):
 
-    raw x (0..input_max) / input_max -> [input_quant] unsigned `input_bits`, fixed scale 1/(2^b-1)
+    raw x (0..input_max) / 2^r -> [input_quant] unsigned `input_bits`, fixed scale 2^-b
+      (r = bits of input_max: 8 for pixels, so 8-bit input is the exact identity on k/256)
     trunk [hidden[i]]: ([in_quant] sign, i > 0) -> [dropout] -> [linear] 1-bit weights -> [bn]
     shortcut [shortcut]: ([pool] NHWC max-pool, P) -> [linear] Q/P: QuantLinear, F: float Linear -> [bn]
     with a shortcut:  [add_quant](trunk) + [add_quant](shortcut) -> [add_requant]   (ONE shared
@@ -80,8 +81,11 @@ def options_suffix(options: ModelOptions) -> str:
 # ---- quantizers -------------------------------------------------------------------------------
 
 class InputQuant(UintQuant, ActQuantSolver):
-    """Unsigned input quantizer with the fixed scale 1/(2^b - 1) on x/input_max in [0, 1]:
-    for 8 bits and input_max 255 it is the exact identity on k/255 (graph input = UINT8)."""
+    """Unsigned input quantizer with the fixed power-of-two scale 2^-b on x / 2^r in [0, 1):
+    `max_val` is set to 1 - 2^-b at construction. For 8 bits and pixels (r = 8) it is the exact
+    identity on k/256 (graph input = UINT8). A dyadic scale keeps every float32 sum downstream
+    exact, so FINN's integer thresholds reproduce the QONNX model bit for bit (a 1/255 scale left
+    1 of 10,000 MNIST images one requantization step off)."""
     scaling_impl_type = ScalingImplType.CONST
     restrict_scaling_type = RestrictValueType.FP
     scaling_per_output_type = ScalingPerOutputType.TENSOR
@@ -201,7 +205,11 @@ class ResBinMLP(nn.Module):
         binary = spec.kind == "B"
         self.binary = binary
         p = options.dropout
-        self.input_quant = QuantIdentity(act_quant=InputQuant, bit_width=options.input_bits) if binary else None
+        # divide by 2^r (not input_max): see InputQuant
+        self.input_div = float(2 ** _bits_for(input_max, False))
+        b = options.input_bits
+        self.input_quant = (QuantIdentity(act_quant=InputQuant, bit_width=b, max_val=1.0 - 2.0 ** -b)
+                            if binary else None)
         blocks, n = [], n_inputs
         for i, w in enumerate(spec.widths):
             blocks.append(HiddenBlock(n, w, binary=binary, first=i == 0, dropout=spec.dropout[i],
@@ -229,7 +237,7 @@ class ResBinMLP(nn.Module):
             self.output = nn.Linear(n, n_outputs)
 
     def forward(self, x):
-        x = x / self.input_max
+        x = x / (self.input_div if self.binary else self.input_max)
         if self.input_quant is not None:
             x = self.input_quant(x)
         h = x
@@ -310,8 +318,8 @@ def deployed_size(model: ResBinMLP) -> dict:
       2^add_bits - 1 thresholds per unit (one shared set when no BN/bias makes them per-channel)
       at the accumulator width; the post-add requantizer: one set of 2^add_bits - 1 thresholds at
       add_bits + 1 bits (INT8 + INT8 -> INT9);
-    - the input quantizer: nothing when it is the identity on the raw integers ((2^b - 1) a
-      multiple of input_max), else one set of 2^b - 1 thresholds at the raw input's width;
+    - the input quantizer: nothing when it is the identity on the raw integers (b equals the
+      raw input's bit width), else one set of 2^b - 1 thresholds at the raw input's width;
     - accumulator widths: first layer (b-bit unsigned x +-1): signed, |acc| <= n (2^b - 1);
       XNOR layers: unsigned popcount 0..n; quantized shortcut: signed, n (2^b - 1) (2^(w-1) - 1);
     - max-pooling, dropout and the add store nothing; an F shortcut (not deployable) counts its
@@ -337,7 +345,7 @@ def deployed_size(model: ResBinMLP) -> dict:
     b = opt.input_bits
     in_levels = 2 ** b - 1
     raw_bits = _bits_for(model.input_max, False)
-    if in_levels % model.input_max != 0:
+    if b != raw_bits:  # else the input quantizer is the identity on the raw integers
         add("input_quant", f"input thresholds ({in_levels}, UINT{raw_bits})", in_levels, raw_bits)
     add_levels = 2 ** opt.add_bits - 1
     n_hidden = len(model.hidden)

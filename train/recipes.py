@@ -1,8 +1,17 @@
 """Training recipes: the thesis's set-up and a stronger default.
 
 `thesis` reproduces the study (Keras RMSprop lr 1e-3, batch 32, 10 epochs, constant rate).
-`strong` (the default) is tuned for the binary models; see its docstring entry in RECIPES for what
-was measured.
+`strong` (the default): Adam 2e-3 with 1 warm-up epoch and a cosine decay, batch 128, 100 epochs,
+latent weights clipped to [-1, 1], random +-1 px shifts, distillation (alpha 0.7, T 4) from a float
+teacher twice as wide (BN on every layer, same shifts, 30 epochs, cached as teacher.pt).
+
+Measured (B-D128N,D88N,D88N,QN,D, real MNIST, 50k train, 15 epochs of the strong schedule, one
+CPU thread, seed 0; test accuracy, noise about 0.2 %): no shifts, no distillation 0.9669;
++-2 px shifts 0.9572 (under-fits at 15 epochs); +-2 px + distillation 0.9545; +-1 px 0.9671;
+distillation from a same-width teacher (val 0.9832) 0.9673; from a 2x-wide teacher (val 0.9843)
+0.9686. Float teacher F-128N,88N,88N with +-2 px shifts, 15 epochs: val 0.9882. The long schedule
+(100 epochs) was not measured here: the coordinator's 120-epoch run without shifts/distillation
+reached 0.9756 and over-fitted, which the shifts and soft targets are meant to counter.
 """
 from __future__ import annotations
 
@@ -57,9 +66,9 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "thesis": Recipe("thesis", optimizer="rmsprop", lr=1e-3, batch_size=32, epochs=10, schedule="constant"),
-    "strong": Recipe("strong", optimizer="adam", lr=2e-3, batch_size=128, epochs=60, schedule="cosine",
-                     warmup_epochs=1.0, label_smoothing=0.0, shift_px=2, latent_clip=1.0,
-                     distill_alpha=0.7, distill_temperature=4.0, teacher_epochs=30),
+    "strong": Recipe("strong", optimizer="adam", lr=2e-3, batch_size=128, epochs=100, schedule="cosine",
+                     warmup_epochs=1.0, label_smoothing=0.0, shift_px=1, latent_clip=1.0,
+                     distill_alpha=0.7, distill_temperature=4.0, teacher_epochs=30, teacher_width_mult=2),
 }
 DEFAULT_RECIPE = "strong"
 
