@@ -15,3 +15,14 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"real MNIST expected at {MNIST_DIR} (set RESBIN_MNIST_DIR)")
     return MNIST_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Small models train fastest on one thread; more threads crawl on a shared, loaded machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,12 +13,7 @@ from train.spec import ModelSpec, SpecError
 IMG = (28, 28, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = [  # (name, options)
     ("B-16,8", ModelOptions()),

@@ -23,13 +23,7 @@ FAST = Recipe("fast", optimizer="adam", lr=5e-3, batch_size=64, epochs=2, schedu
 FAST_KD = replace(FAST, name="fast-kd", shift_px=1, distill_alpha=0.5, teacher_epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread; more threads crawl on a shared, loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
