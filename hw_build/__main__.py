@@ -117,6 +117,13 @@ def resolve_run(args) -> Path:
                 kw["recipe"] = args.recipe
             # resumes an interrupted run, reuses a finished one, never retrains
             train_run(args.dataset, spec, resume=(run / "checkpoint.pt").exists(), **kw)
+    return ensure_exported(run)
+
+
+def ensure_exported(run: Path) -> Path:
+    """Export the run to QONNX unless model.qonnx.onnx exists and is newer than the checkpoint."""
+    from hw_build.build import BuildError
+
     qonnx = run / "model.qonnx.onnx"
     ckpt = run / "checkpoint.pt"
     if not qonnx.exists() or (ckpt.exists() and ckpt.stat().st_mtime > qonnx.stat().st_mtime):
@@ -141,6 +148,8 @@ def _run(args) -> int:
     if args.cmd == "bench":
         from hw_build.build import bench
 
+        for run in args.runs:
+            ensure_exported(Path(run))
         bench(args.runs, targets=args.targets, board=args.board, clock_mhz=args.clock_mhz,
               out=args.out, simulate=not args.no_sim, n=args.n, progress=not args.quiet)
         print(f"wrote {args.out}")

@@ -139,10 +139,11 @@ def test_divergence_names_the_step(qn_flow):
 
     _, seen, ref = qn_flow
     bad = ModelWrapper(seen["step_resbin_streamline"].model)
-    mt = next(n for n in bad.graph.node if n.op_type == "MultiThreshold"
-              and bad.get_initializer(n.input[1]).shape[-1] > 1)
-    t = bad.get_initializer(mt.input[1])
-    bad.set_initializer(mt.input[1], t + 3)  # shift every threshold by three integers
+    mts = [n for n in bad.graph.node if n.op_type == "MultiThreshold"
+           and bad.get_initializer(n.input[1]).shape[-1] > 1]
+    assert mts
+    for mt in mts:  # shift every multi-level threshold by three integers
+        bad.set_initializer(mt.input[1], bad.get_initializer(mt.input[1]) + 3)
     with pytest.raises(V.DivergenceError, match=r"^broken step: integer outputs differ .*first: "
                                                 r"image \d+"):
         V.check_step("broken step", bad, ref)

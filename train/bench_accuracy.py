@@ -56,7 +56,12 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
            f"Command: `{command}`  ",
            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
            f"device {rows[0]['device'] if rows else '?'}; wall time of this invocation {wall / 60:.1f} min "
-           "(runs reused from an earlier invocation count 0 here; their own training time is in the table).", "",
+           "(runs reused from an earlier invocation count 0 here; their own training time is in the table).  ",
+           f"Training time of all rows: {sum(m['seconds'] for m in rows) / 60:.1f} min (students only: the "
+           "strong recipe's float teachers are trained first and cached in each run folder).  ",
+           "Sizes: `thesis size` in the thesis's Keras/Larq accounting, `rel. size` against the float "
+           "model of the same widths, `deployed` the bits the accelerator stores (binary and 8-bit weights, "
+           "integer thresholds).", "",
            "| model | recipe | epochs | test acc | thesis acc | diff | thesis size KiB | rel. size | "
            "deployed KiB | train s |",
            "|---|---|---|---|---|---|---|---|---|---|"]

@@ -110,6 +110,22 @@ class FixedPointAct(Int8ActPerTensorFixedPoint):
 
 # ---- building blocks --------------------------------------------------------------------------
 
+class AffineBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose inference forward is the explicit float32 affine x * a + b.
+
+    torch and onnxruntime evaluate a BatchNormalization node with different operation orders, so
+    a value that lands on a rounding boundary of the next quantizer could round differently in
+    PyTorch and in the exported QONNX model (seen: 1 of 1,000 MNIST images, one step of the
+    add quantizer). With the affine written out, both execute the same two float32 operations
+    (Mul, Add on the same constants) and agree bit for bit. Training is plain batch-norm."""
+
+    def forward(self, x):
+        if self.training:
+            return super().forward(x)
+        a = self.weight / torch.sqrt(self.running_var + self.eps)
+        return x * a + (self.bias - self.running_mean * a)
+
+
 class NHWCMaxPool(nn.Module):
     """Max-pool written in NHWC form (reshape -> permute -> max_pool2d -> permute -> flatten) so
     FINN's own transposes cancel and it maps to ConvolutionInputGenerator + Pool (finn-notes)."""
@@ -146,7 +162,7 @@ class HiddenBlock(nn.Module):
             self.linear = QuantLinear(n_in, n_out, bias=not bn, weight_quant=BinaryWeight)
         else:
             self.linear = nn.Linear(n_in, n_out)
-        self.bn = nn.BatchNorm1d(n_out) if bn else nn.Identity()
+        self.bn = AffineBatchNorm1d(n_out) if bn else nn.Identity()
 
     def forward(self, x):
         if self.in_quant is not None:
@@ -168,7 +184,7 @@ class Shortcut(nn.Module):
                                       weight_bit_width=weight_bits)
         else:
             self.linear = nn.Linear(n, n_out, bias=not bn or not binary)
-        self.bn = nn.BatchNorm1d(n_out) if bn else nn.Identity()
+        self.bn = AffineBatchNorm1d(n_out) if bn else nn.Identity()
 
     def forward(self, x):
         if self.pool is not None:
