@@ -112,7 +112,8 @@ bench-hw: bench-accuracy ## FINN estimates at 1e5/1e6 fps + simulated accuracy o
 	$(PY) -m hw_build bench --runs $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs binary) \
 	  --targets 1e5 1e6 --board $(BOARD) --out docs/results/mnist-hw.md
 
-bench-sim: bench-hw ## images/s of the software accelerator vs FINN and PyTorch on 10k MNIST -> docs/results/sim-speed.md
+bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and PyTorch on 10k MNIST -> docs/results/sim-speed.md
+	$(PY) -m hw_build estimate --run $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs "$(MODEL)") --board $(BOARD)
 	$(PY) -m hw_build.bench_sim --run $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs "$(MODEL)") \
 	  --out docs/results/sim-speed.md
 
