@@ -40,7 +40,7 @@ run_dir    = $(or $(RUN),$(shell $(PY) -m train $(train_args) --print-run-dir))
 sweeps     = $(if $(SWEEP),--sweep $(SWEEP),--dataset $(DATASET))
 
 .PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim bitstream \
-        deploy sweep report pareto bench-accuracy bench-hw bench-sim bench-sweep docker-build clean
+        deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-sweep bench-search docker-build clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 18
@@ -103,6 +103,9 @@ report: $(STAMP)  ## markdown report with plots of the sweeps of DATASET (or SWE
 pareto: $(STAMP)  ## most accurate swept variant that fits BOARD at TARGET_FPS; prints the `make bitstream` line
 	$(PY) -m dse pareto $(sweeps) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
 
+search: $(STAMP)  ## board-aware search: input/shortcut bits, pooling, first width -> most accurate design that fits BOARD at TARGET_FPS
+	$(PY) -m dse search --dataset $(DATASET) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(bench_args)
+
 bench_args = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 bench-accuracy: $(STAMP) ## MNIST accuracy of the thesis's baselines and best variants (P and Q) -> docs/results/mnist-accuracy.md
@@ -119,6 +122,9 @@ bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and Py
 
 bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
 	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) --out docs/results/mnist-sweep
+
+bench-search: $(STAMP) ## the MNIST search for the Z2 at 1M fps (widths 64-256, 2/4/8-bit input and shortcut) -> docs/results/mnist-z2-search/
+	$(PY) -m dse search --dataset mnist --board Pynq-Z2 --target-fps 1e6 $(bench_args) --report docs/results/mnist-z2-search
 
 docker-build:    ## build the FINN/Vivado toolchain image (Vivado is mounted from the host at run time)
 	docker build -f docker/Dockerfile -t resbin:latest .

@@ -1,4 +1,4 @@
-"""CLI: `python -m dse {sweep,report,pareto,bench} ...` (see --help of each)."""
+"""CLI: `python -m dse {sweep,report,pareto,search,bench} ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -43,7 +43,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dse.results import ResultsError
     from dse.sweep import SweepError
 
-    errs = [SweepError, ResultsError, ParetoError, ReportError]
+    from dse.search import SearchError
+
+    errs = [SweepError, ResultsError, ParetoError, ReportError, SearchError]
     for mod, name in (("train.spec", "SpecError"), ("train.models", "ModelError"), ("train.data", "DataError"),
                       ("train.recipes", "RecipeError"), ("hw_build.boards", "BoardError")):
         try:
@@ -64,7 +66,7 @@ def cmd_sweep(args) -> int:
               limit=args.limit, seed=args.seed, options_grid=_grid(args), first_widths=args.first_width,
               board=args.board, target_fps=args.target_fps, estimate=not args.no_estimate, out_dir=args.out,
               parallel=args.parallel, ray_address=args.ray_address, data_dir=args.data_dir,
-              variants=args.variants, progress=not args.quiet)
+              variants=args.variants, baselines=not args.no_baselines, progress=not args.quiet)
     return 0
 
 
@@ -101,6 +103,32 @@ def cmd_pareto(args) -> int:
     else:
         print(describe(row))
         print("make bitstream " + " ".join(assignments))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from dse.pareto import describe, make_args
+    from dse.search import board_search
+
+    row = board_search(args.dataset, args.variants, board=args.board, target_fps=args.target_fps,
+                       first_widths=args.first_width, options_grid=_grid(args), recipe=args.recipe,
+                       epochs=args.epochs, limit=args.limit, screen_epochs=args.screen_epochs,
+                       screen_limit=args.screen_limit, seed=args.seed, out_dir=args.out, parallel=args.parallel,
+                       data_dir=args.data_dir, progress=not args.quiet)
+    print(f"screened {row['screened']} designs, {row['fitting']} fit {args.board} at {args.target_fps:,.0f} fps; "
+          f"trained with {args.recipe}: {', '.join(row['trained'])}")
+    print(describe(row))
+    print("make bitstream " + " ".join(make_args(row, board=args.board, target_fps=args.target_fps)))
+    if args.report:
+        import shutil
+
+        from dse.report import write_report
+
+        out, search = Path(args.report), Path(row["search_dir"])
+        for stage in ("screen", "final"):
+            print(write_report([search / stage], out / stage, board=args.board, target_fps=args.target_fps))
+            shutil.copyfile(search / stage / "results.csv", out / stage / "results.csv")
+        shutil.copyfile(search / "choice.json", out / "choice.json")
     return 0
 
 
@@ -169,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
     s.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(";") if v.strip()],
                    help="only these variants, ';'-separated, e.g. 'B-128N,PN;B-D128N,QN,D' (plus F-/B- baselines)")
+    s.add_argument("--no-baselines", action="store_true",
+                   help="with --variants: leave out F-<widths> and B-<widths> (e.g. a candidate list)")
     s.add_argument("--first-width", type=_ints, help="axis over the first hidden width, e.g. 64,128,256")
     for key, flag, typ, hlp in AXIS_ARGS:
         s.add_argument(flag, dest=key, type=typ, help=f"option axis: {hlp}")
@@ -206,6 +236,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--emit-make-args", action="store_true", help="print only the make variable assignments")
     q.set_defaults(fn=cmd_pareto)
 
+    z = sub.add_parser("search", help="board-aware search: most accurate design that fits a board at a frame rate",
+                       description="Two sweeps (dse.search): a screen trains every variant x first width x "
+                       "option combination briefly and estimates it with FINN at the target; the fitting "
+                       "designs that no other fitting design of the same family out-sizes on every axis are "
+                       "trained with --recipe; the most accurate one that fits is chosen. Resumable; the "
+                       "screen table accumulates over calls with other axes.")
+    z.add_argument("--dataset", default="mnist")
+    z.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(";") if v.strip()],
+                   default=["B-128N,QN,D", "B-D128N,D88N,D88N,QN,D", "B-128N,PN,D"],
+                   help="';'-separated binary variants, each with its own widths "
+                   "(default 'B-128N,QN,D;B-D128N,D88N,D88N,QN,D;B-128N,PN,D')")
+    z.add_argument("--board", default="Pynq-Z2")
+    z.add_argument("--target-fps", type=_fps, default=1e6)
+    z.add_argument("--first-width", type=_ints, default=[64, 96, 128], help="first hidden widths (default 64,96,128)")
+    for key, flag, typ, hlp in AXIS_ARGS:
+        z.add_argument(flag, dest=key, type=typ, help=f"axis: {hlp}")
+    # defaults: the axes the thesis held fixed; P streams 28 wide with a vertical 4x1 window
+    z.set_defaults(input_bits=[2, 4, 8], shortcut_weight_bits=[2, 4, 8], pool_mode=["vertical"], pool_window=[4])
+    z.add_argument("--recipe", default="strong", help="recipe of the final stage (default strong)")
+    z.add_argument("--epochs", type=int, help="override the final recipe's epochs")
+    z.add_argument("--limit", type=int, help="final stage: first N training examples only")
+    z.add_argument("--screen-epochs", type=int, default=1, help="screen: thesis-recipe epochs (default 1)")
+    z.add_argument("--screen-limit", type=int, default=5000, help="screen: training examples (default 5000)")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--out", help="search folder (default <runs>/sweeps/<dataset>/search_<board>_<fps>fps)")
+    z.add_argument("--report", help="also write the reports of both stages (with their tables and the choice) here")
+    z.add_argument("--parallel", type=int)
+    z.add_argument("--data-dir")
+    z.add_argument("--quiet", action="store_true")
+    z.set_defaults(fn=cmd_search)
+
     b = sub.add_parser("bench", help="the benchmark: full 1-layer sweep + 2-layer sample, timed, with report",
                        description="Full sweep of --widths1 (56 variants for one layer) and a seeded sample of "
                        "--sample variants of --widths2, thesis recipe by default; writes bench.json (wall time, "
@@ -234,7 +295,7 @@ def main(argv=None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
-    if args.cmd in ("sweep", "bench", "pareto"):
+    if args.cmd in ("sweep", "bench", "pareto", "search"):
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)

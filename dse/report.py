@@ -301,11 +301,19 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
     plot_front(fits if len(fits) else hw, "est_fps", out / "acc_vs_fps.png", xlabel="frames/s (FINN estimate)",
                lower_is_better=False, chosen=chosen, logx=True, title=f"Accuracy vs frame rate on {board}")
     front = hw[A.pareto_mask(hw["est_fps"], hw[A.ACC], x_lower_is_better=False) & (hw["fits"] == 1)]
+    lut_front = fits[A.pareto_mask(fits["lut"], fits[A.ACC], x_lower_is_better=True)]
     t_txt = f" at a target of {tfps:,.0f} fps" if tfps else " at the fastest folding that fits"
     cols = ["options", A.ACC, "est_fps", "lut", "bram18", "dsp", "fits"]
-    return ["## On the board", "",
-            f"FINN estimates (no synthesis) on {board}{cap}{t_txt}: {len(hw)} FPGA-able variants, "
-            f"{int((hw['fits'] == 1).sum())} fit.", "", why, "",
-            "![accuracy vs LUT](acc_vs_lut.png)", "", "![accuracy vs frame rate](acc_vs_fps.png)", "",
-            "Pareto front (accuracy vs frame rate, fitting designs):", "",
-            md_table(front.sort_values("est_fps").set_index("spec")[cols], "{:,.0f}", formats={A.ACC: "{:.4f}"}), ""]
+    fmt = dict(fmt="{:,.0f}", formats={A.ACC: "{:.4f}"})
+    lines = ["## On the board", "",
+             f"FINN estimates (no synthesis) on {board}{cap}{t_txt}: {len(hw)} FPGA-able variants, "
+             f"{int((hw['fits'] == 1).sum())} fit.", "", why, "",
+             "![accuracy vs LUT](acc_vs_lut.png)", "", "![accuracy vs frame rate](acc_vs_fps.png)", "",
+             "Pareto front (accuracy vs frame rate, fitting designs):", "",
+             md_table(front.sort_values("est_fps").set_index("spec")[cols], **fmt), "",
+             "Pareto front (accuracy vs LUT, fitting designs):", "",
+             md_table(lut_front.sort_values("lut").set_index("spec")[cols], **fmt), ""]
+    if len(hw) <= 100:
+        lines += ["Every estimated variant, most accurate first:", "",
+                  md_table(hw.sort_values([A.ACC, "lut"], ascending=[False, True]).set_index("spec")[cols], **fmt), ""]
+    return lines

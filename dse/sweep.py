@@ -114,13 +114,15 @@ def _sizes(spec, opts: dict, n_in: int, n_out: int, image_shape) -> dict:
 
 
 def plan(info: tuple, widths, *, sample: int | None = None, seed: int = 0,
-         options_grid: dict | None = None, first_widths=None, variants=None) -> list[dict]:
+         options_grid: dict | None = None, first_widths=None, variants=None,
+         baselines: bool = True) -> list[dict]:
     """The jobs of a sweep, in submission order: per base widths the float baseline, then the
     (sampled) binary variants in the thesis's enumeration order, each crossed with the options.
 
     `info` = (n_inputs, n_outputs, input_max, image_shape) as `train.data.dataset_info` gives it.
     `variants`: only these binary variants (names in the thesis notation, hidden widths written
     as the base widths; with `first_widths` the first width is replaced), instead of all/sample.
+    `baselines=False` (only with `variants`): without F-<widths> and the plain B-<widths>.
     """
     from train.models import options_suffix, ModelOptions
     from train.spec import ModelSpec, enumerate_variants
@@ -131,6 +133,8 @@ def plan(info: tuple, widths, *, sample: int | None = None, seed: int = 0,
     combos = option_combos(options_grid)
     if sample is not None and sample < 1:
         raise SweepError(f"sample must be >= 1, got {sample}")
+    if not baselines and not variants:
+        raise SweepError("leaving out the float and plain binary baselines needs an explicit variant list")
     wanted = None
     if variants:
         wanted = [ModelSpec.parse(v) for v in variants]
@@ -148,9 +152,9 @@ def plan(info: tuple, widths, *, sample: int | None = None, seed: int = 0,
         elif sample is not None and sample < len(specs):
             chosen = sorted(random.Random(seed).sample(chosen, sample))
         plain = next(i for i, s in enumerate(specs) if s.name == f"B-{','.join(map(str, ws))}")
-        if plain not in chosen:  # the plain binary is always part of a sweep
+        if baselines and plain not in chosen:  # the plain binary is part of every full sweep
             chosen = sorted([plain, *chosen])
-        todo = [(None, specs[0].float_baseline())] + [(i, specs[i]) for i in chosen]
+        todo = ([(None, specs[0].float_baseline())] if baselines else []) + [(i, specs[i]) for i in chosen]
         for idx, spec in todo:
             for combo in (combos if spec.kind == "B" else combos[:1]):
                 opts = relevant_options(spec, combo)
@@ -225,7 +229,7 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
               options_grid: dict | None = None, first_widths=None, board: str | None = None,
               target_fps: float | None = None, estimate: bool = True, out_dir=None,
               parallel: int | None = None, ray_address: str | None = None, data_dir=None,
-              variants=None, runner=None, progress: bool = True):
+              variants=None, baselines: bool = True, runner=None, progress: bool = True):
     """Run (or resume) a sweep; returns the results of this sweep's jobs as a DataFrame.
 
     `dataset`: a name for `train.data.load_dataset` or a loaded `Dataset`. `limit`: training
@@ -250,11 +254,12 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
     identity = {"dataset": ds.name, "recipe": recipe, "epochs": epochs, "limit_train": limit, "seed": seed,
                 "board": board if estimate else None, "target_fps": target_fps if estimate else None}
     jobs = plan(info, ws, sample=sample, seed=seed, options_grid=options_grid, first_widths=first_widths,
-                variants=variants)
+                variants=variants, baselines=baselines)
     check_jobs(jobs, info)
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, identity, {"widths": list(ws), "first_widths": list(first_widths or []),
-                                  "sample": sample, "variants": list(variants or []), "options_grid": options_grid or {},
+                                  "sample": sample, "variants": list(variants or []), "baselines": baselines,
+                                  "options_grid": options_grid or {},
                                   "parallel": parallel, "ray_address": ray_address or os.environ.get("RAY_ADDRESS")})
     table = out / "results.csv"
     done = R.finished_keys(table)

@@ -122,6 +122,12 @@ def test_plan_named_variants_and_first_width_axis():
                                          "F-16,8", "B-16,8", "B-16,8N,P", "B-D16N,8N,QN"]
     with pytest.raises(SweepError, match="not a binary variant"):
         plan(MNIST_INFO, "16,8", variants=["B-16N,QN"])
+    jobs = plan(MNIST_INFO, "16,8", variants=["B-D16N,8N,QN"], first_widths=[32, 16], baselines=False,
+                options_grid={"input_bits": [2, 4]})
+    assert [(j["spec"], j["options"]) for j in jobs] == [("B-D32N,8N,QN", "__in2"), ("B-D32N,8N,QN", "__in4"),
+                                                         ("B-D16N,8N,QN", "__in2"), ("B-D16N,8N,QN", "__in4")]
+    with pytest.raises(SweepError, match="needs an explicit variant list"):
+        plan(MNIST_INFO, "16,8", baselines=False)
 
 
 def test_bad_options_fail_before_anything_runs(tmp_path):
@@ -363,3 +369,45 @@ def test_sweep_on_an_existing_cluster(_ray_module, tmp_path):
     assert (df["status"] == "ok").all() and df["spec"].iloc[:2].tolist() == ["F-16", "B-16"]
     cfg = json.loads((tmp_path / "sweep.json").read_text())
     assert cfg["invocations"][-1]["ray_address"] == address
+
+
+# ---- board-aware search -----------------------------------------------------------------------
+
+def _search_runner(job, dataset):
+    """Fits when first width x input bits <= 64; accuracy grows with width and bits; marks calls."""
+    marks = Path(job["sweep_dir"]) / "calls"
+    marks.mkdir(exist_ok=True)
+    (marks / f"{job['slug']}.{len(list(marks.iterdir()))}").write_text("")
+    w = int(job["widths"].split(",")[0])
+    fits = w * job["input_bits"] <= 64
+    acc = 0.5 + w / 1000 + job["input_bits"] / 100 + job["shortcut_weight_bits"] / 1000 \
+        + (0.1 if job["recipe"] == "strong" else 0)
+    return {"test_acc": acc, "board": job["board"], "target_fps": job["target_fps"],
+            "est_fps": 1.02e6 if w < 32 or job["input_bits"] < 4 else 0.9e6, "lut": w * job["input_bits"] * 100,
+            "bram18": 0, "dsp": 0, "fits": int(fits)}
+
+
+def test_board_search_trains_only_the_maximal_fitting_designs(ray_session, tmp_path):
+    from dse.search import board_search, maximal
+
+    kw = dict(board="Pynq-Z2", target_fps=1e6, first_widths=[16, 32], recipe="strong", epochs=1,
+              options_grid={"input_bits": [2, 4], "shortcut_weight_bits": [2, 4]}, out_dir=tmp_path,
+              runner=_search_runner, progress=False)
+    row = board_search(_tiny_dataset(), ["B-16N,QN,D"], **kw)
+    screen = R.read_results(tmp_path / "screen" / "results.csv")
+    assert len(screen) == 8 and set(screen["recipe"]) == {"thesis"}
+    # fit at >= 1e6 fps: width 16 with 2 or 4 input bits, width 32 with 2 (32 x 4 bits misses the rate)
+    final = R.read_results(tmp_path / "final" / "results.csv")
+    # maximal: 16 in4 sc4 and 32 in2 sc4 (neither has both more width and more input bits)
+    assert sorted(zip(final["spec"], final["options"])) == [("B-16N,QN,D", "__in4_sc4"), ("B-32N,QN,D", "__in2_sc4")]
+    assert row["spec"] == "B-16N,QN,D" and row["options"] == "__in4_sc4"  # 0.5+.016+.04+.004 > 0.5+.032+.02+.004
+    choice = json.loads((tmp_path / "choice.json").read_text())
+    assert choice["chosen"] == "B-16N,QN,D__in4_sc4" and "INPUT_BITS=4" in choice["make_args"]
+    calls = len(list((tmp_path / "screen" / "calls").iterdir())) + len(list((tmp_path / "final" / "calls").iterdir()))
+    assert calls == 10
+    board_search(_tiny_dataset(), ["B-16N,QN,D"], **kw)  # resumed: nothing trained again
+    assert len(list((tmp_path / "screen" / "calls").iterdir())) + len(list((tmp_path / "final" / "calls").iterdir())) == 10
+    # dominance is per family: another shortcut kind is never dropped for a Q design
+    fit = screen[screen["fits"] == 1].copy()
+    other = fit.iloc[:1].assign(spec="B-16N,PN,D", Q=0, P=1)
+    assert "B-16N,PN,D" in set(maximal(pd.concat([fit, other], ignore_index=True))["spec"])

@@ -165,3 +165,26 @@ def test_cli_trains_and_reports_errors_in_one_line(mnist_dir, tmp_path):
     size = subprocess.run([sys.executable, "-m", "train", "size", "B-128", "--inputs", "784", "--outputs", "10"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert size.returncode == 0 and "17.79 KiB" in size.stdout and "deployed" in size.stdout
+
+
+def test_teacher_is_shared_by_sibling_runs(tiny, tmp_path, monkeypatch):
+    import train.trainer as T
+
+    kw = dict(recipe=replace(FAST_KD, epochs=1), progress=False)
+    train_run(tiny, "B-32N,QN", run_dir=tmp_path / "a", **kw)
+    cached = list((tmp_path / ".teachers").glob("F-32N-*.pt"))
+    assert len(cached) == 1
+    trained = []
+    real = T._train_epoch
+    monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: trained.append(k["desc"]) or real(*a, **k))
+    train_run(tiny, "B-32N,QN", run_dir=tmp_path / "b", options=ModelOptions(input_bits=4), **kw)
+    assert trained and not any(d.startswith("teacher") for d in trained)  # the cached teacher was used
+    a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "teacher.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # a teacher of another recipe is not taken from the cache
+    trained.clear()
+    train_run(tiny, "B-32N,QN", run_dir=tmp_path / "c", recipe=replace(FAST_KD, epochs=1, teacher_epochs=2),
+              progress=False)
+    assert sum(d.startswith("teacher") for d in trained) == 2
+    assert len(list((tmp_path / ".teachers").glob("F-32N-*.pt"))) == 2

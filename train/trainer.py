@@ -2,16 +2,19 @@
 
 `train_run` trains (or resumes, or reuses a finished run), `load_run` rebuilds a trained model.
 Files in the run folder (docs/design.md): config.json, history.csv, checkpoint.pt (written every
-epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe).
+epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe; a copy is cached
+in ../.teachers/, so sibling runs of the same widths, e.g. a sweep's option variants, reuse it).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ class TrainError(RuntimeError):
 # ---- small helpers ----------------------------------------------------------------------------
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers of a shared file
     write(tmp)
     os.replace(tmp, path)
 
@@ -254,11 +257,18 @@ def _teacher(spec: ModelSpec, recipe: Recipe, ds, train: _Split, run: Path, seed
            "n_train": len(train)}
     model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
     path = run / "teacher.pt"
-    if path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            return model.to(device).eval(), ck["val_acc"]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # one teacher serves every student of these widths in the sibling run folders (a sweep's
+    # option variants): cached beside them, keyed by everything that makes the teacher
+    shared = run.parent / ".teachers" / f"{tspec.slug}-{digest}.pt"
+    for cached in (path, shared):
+        if cached.exists():
+            ck = torch.load(cached, map_location="cpu", weights_only=False)
+            if ck.get("key") == key:
+                model.load_state_dict(ck["model"])
+                if cached != path:
+                    _atomic_write_bytes(path, lambda p: shutil.copyfile(cached, p))
+                return model.to(device).eval(), ck["val_acc"]
     _seed_all(seed + 7919)
     model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
     model.to(device)
@@ -272,6 +282,8 @@ def _teacher(spec: ModelSpec, recipe: Recipe, ds, train: _Split, run: Path, seed
                      desc=f"teacher {tspec.name} {ep}/{trecipe.epochs}", progress=progress)
     _, val_acc = evaluate(model, val)
     _atomic_write_bytes(path, lambda p: torch.save({"key": key, "model": model.state_dict(), "val_acc": val_acc}, p))
+    shared.parent.mkdir(exist_ok=True)
+    _atomic_write_bytes(shared, lambda p: shutil.copyfile(path, p))
     return model.eval(), val_acc
 
 
