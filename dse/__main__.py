@@ -129,6 +129,14 @@ def cmd_search(args) -> int:
             print(write_report([search / stage], out / stage, board=args.board, target_fps=args.target_fps))
             shutil.copyfile(search / stage / "results.csv", out / stage / "results.csv")
         shutil.copyfile(search / "choice.json", out / "choice.json")
+        # every trained design: FINN estimate at the target and its HW graph run on the whole test set
+        from dse.results import read_results
+        from hw_build.build import bench as hw_bench
+
+        final = read_results(search / "final" / "results.csv")
+        runs = [Path(r) for r in final[final["status"] == "ok"].sort_values("test_acc", ascending=False)["run_dir"]]
+        hw_bench(runs, targets=[str(args.target_fps)], board=args.board, out=out / "hw.md", progress=not args.quiet)
+        print(out / "hw.md")
     return 0
 
 

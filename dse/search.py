@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dse import results as R
@@ -100,20 +101,21 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
                   variants=[s.name], first_widths=first_widths, options_grid=options_grid,
                   out_dir=out / "screen", **common)
     screen = R.read_results(out / "screen" / "results.csv")  # every screened design, earlier calls' too
-    ok = screen[(screen["status"] == "ok") & (screen["kind"] == "B")]
+    families = {_family(s.name) for s in specs}  # the table may hold other calls' families and baselines
+    mine = [r["status"] == "ok" and r["kind"] == "B" and _family(r["spec"]) in families
+            for r in screen.to_dict("records")]
+    ok = screen[np.array(mine, dtype=bool)]
     fit = ok[[_fits(r, target_fps) for r in ok.to_dict("records")]]
     if not len(fit):
         raise SearchError(f"no screened design fits {board} at {target_fps:,.0f} fps (see {out / 'screen'})")
     keep = maximal(fit)
-    for _, r in keep.iterrows():
-        base = next(s for s in specs if _family(s.name) == _family(r["spec"]))
-        grid = {a: [str(r[a]) if a == "pool_mode" else int(r[a])] for a in R.OPTION_COLUMNS if a != "dropout"}
-        try:
-            run_sweep(dataset, base.widths, recipe=recipe, epochs=epochs, limit=limit, variants=[base.name],
-                      first_widths=[int(str(r["widths"]).split(",")[0])], options_grid=grid,
-                      out_dir=out / "final", **common)
-        except SweepError as e:
-            raise SearchError(str(e)) from None
+    designs = [(r["spec"], {a: str(r[a]) if a == "pool_mode" else int(r[a]) for a in R.OPTION_COLUMNS
+                            if a != "dropout"}) for _, r in keep.iterrows()]
+    try:  # one sweep, so that the designs train in parallel
+        run_sweep(dataset, ModelSpec.parse(designs[0][0]).widths, recipe=recipe, epochs=epochs, limit=limit,
+                  designs=designs, out_dir=out / "final", **common)
+    except SweepError as e:
+        raise SearchError(str(e)) from None
     try:
         row = choose([out / "final"], board, target_fps, estimate_missing=False)
     except ParetoError as e:

@@ -162,11 +162,35 @@ def plan(info: tuple, widths, *, sample: int | None = None, seed: int = 0,
                 if (spec.name, suffix) in seen:
                     continue
                 seen.add((spec.name, suffix))
-                jobs.append({"job": len(jobs), "variant": idx, "spec": spec.name, "kind": spec.kind,
-                             "widths": ",".join(map(str, spec.widths)), "n_layers": len(spec.widths),
-                             "fpga_able": int(spec.fpga_able), **_flags(spec), **opts,
-                             "options": suffix, "slug": spec.slug + suffix,
-                             **_sizes(spec, opts, n_in, n_out, image_shape)})
+                jobs.append(_job(len(jobs), idx, spec, opts, suffix, n_in, n_out, image_shape))
+    return jobs
+
+
+def _job(n: int, idx, spec, opts: dict, suffix: str, n_in: int, n_out: int, image_shape) -> dict:
+    return {"job": n, "variant": idx, "spec": spec.name, "kind": spec.kind,
+            "widths": ",".join(map(str, spec.widths)), "n_layers": len(spec.widths),
+            "fpga_able": int(spec.fpga_able), **_flags(spec), **opts,
+            "options": suffix, "slug": spec.slug + suffix, **_sizes(spec, opts, n_in, n_out, image_shape)}
+
+
+def design_jobs(info: tuple, designs) -> list[dict]:
+    """Jobs for an explicit list of designs, (binary variant name, options dict) pairs, of any
+    widths (the board search's final stage); options left out take their defaults."""
+    from train.models import ModelOptions, options_suffix
+    from train.spec import ModelSpec, enumerate_variants
+
+    n_in, n_out, _, image_shape = info
+    jobs, seen = [], set()
+    for name, opts in designs:
+        spec = ModelSpec.parse(name)
+        if spec.kind != "B":
+            raise SweepError(f"design {spec.name} is not a binary variant")
+        idx = next(i for i, v in enumerate(enumerate_variants(spec.widths, "B")) if _flag_key(v) == _flag_key(spec))
+        full = relevant_options(spec, {**asdict(ModelOptions()), **opts})
+        suffix = options_suffix(ModelOptions(**full))
+        if (spec.name, suffix) not in seen:
+            seen.add((spec.name, suffix))
+            jobs.append(_job(len(jobs), idx, spec, full, suffix, n_in, n_out, image_shape))
     return jobs
 
 
@@ -229,13 +253,14 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
               options_grid: dict | None = None, first_widths=None, board: str | None = None,
               target_fps: float | None = None, estimate: bool = True, out_dir=None,
               parallel: int | None = None, ray_address: str | None = None, data_dir=None,
-              variants=None, baselines: bool = True, runner=None, progress: bool = True):
+              variants=None, baselines: bool = True, designs=None, runner=None, progress: bool = True):
     """Run (or resume) a sweep; returns the results of this sweep's jobs as a DataFrame.
 
     `dataset`: a name for `train.data.load_dataset` or a loaded `Dataset`. `limit`: training
     examples per variant (None: all). `runner(job, dataset) -> dict of result columns` replaces
     the trainer (tests). `estimate`: FINN estimates for FPGA-able variants when `board` is given.
     `variants`: only these variants of the base widths (thesis notation) instead of all / a sample.
+    `designs`: instead of the plan, exactly these (variant, options) pairs (`design_jobs`).
     """
     import ray
     from tqdm import tqdm
@@ -253,12 +278,14 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
     parallel = int(parallel or os.cpu_count() or 1)
     identity = {"dataset": ds.name, "recipe": recipe, "epochs": epochs, "limit_train": limit, "seed": seed,
                 "board": board if estimate else None, "target_fps": target_fps if estimate else None}
-    jobs = plan(info, ws, sample=sample, seed=seed, options_grid=options_grid, first_widths=first_widths,
-                variants=variants, baselines=baselines)
+    jobs = design_jobs(info, designs) if designs is not None else \
+        plan(info, ws, sample=sample, seed=seed, options_grid=options_grid, first_widths=first_widths,
+             variants=variants, baselines=baselines)
     check_jobs(jobs, info)
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, identity, {"widths": list(ws), "first_widths": list(first_widths or []),
                                   "sample": sample, "variants": list(variants or []), "baselines": baselines,
+                                  "designs": [[d, o] for d, o in designs] if designs is not None else None,
                                   "options_grid": options_grid or {},
                                   "parallel": parallel, "ray_address": ray_address or os.environ.get("RAY_ADDRESS")})
     table = out / "results.csv"

@@ -511,7 +511,7 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
                 except SimulationError as e:  # its counts are in sim.json; the table shows them
                     sims[run] = _read_json(Path(rep["out_dir"]) / "sim.json") or {"error": str(e)}
             s = sims.get(run, {})
-            rows.append({"run": str(run), "model": rep.get("model"), "dataset": rep.get("dataset"),
+            rows.append({"run": str(run), "model": f"{rep.get('model')}{_options_label(run)}", "dataset": rep.get("dataset"),
                          "target": "auto" if t is None else t,
                          "estimated_fps": rep["estimated_fps"], "latency_us": rep["latency_us"],
                          "LUT": rep["resources"]["LUT"], "BRAM_18K": rep["resources"]["BRAM_18K"],
@@ -524,6 +524,14 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
         out.write_text(bench_markdown(rows, brd, clock_mhz or brd.clock_mhz))
         _write_json(out.with_suffix(".json"), rows)
     return rows
+
+
+def _options_label(run: Path) -> str:
+    """The run's non-default build options as its folder suffix, e.g. `__in2_sc4` ('' for defaults)."""
+    from train.models import ModelOptions, options_suffix
+
+    cfg = _read_json(run / "config.json") or {}
+    return options_suffix(ModelOptions.from_dict(cfg["options"])) if isinstance(cfg.get("options"), dict) else ""
 
 
 def bench_markdown(rows: list[dict], board: Board, clock_mhz: float) -> str:

@@ -405,6 +405,9 @@ def test_board_search_trains_only_the_maximal_fitting_designs(ray_session, tmp_p
     assert choice["chosen"] == "B-16N,QN,D__in4_sc4" and "INPUT_BITS=4" in choice["make_args"]
     calls = len(list((tmp_path / "screen" / "calls").iterdir())) + len(list((tmp_path / "final" / "calls").iterdir()))
     assert calls == 10
+    # a fitting row of a family this call does not search (e.g. a baseline) is left alone
+    R.append_row(tmp_path / "screen" / "results.csv",
+                 {**screen.iloc[0].to_dict(), "spec": "B-16", "Q": 0, "N": 0, "N1": 0, "D": 0, "fits": 1})
     board_search(_tiny_dataset(), ["B-16N,QN,D"], **kw)  # resumed: nothing trained again
     assert len(list((tmp_path / "screen" / "calls").iterdir())) + len(list((tmp_path / "final" / "calls").iterdir())) == 10
     # dominance is per family: another shortcut kind is never dropped for a Q design

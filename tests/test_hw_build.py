@@ -235,3 +235,15 @@ def test_cli_help_and_user_error(tmp_path):
     assert r.stderr.strip().splitlines() == [f"hw_build: {tmp_path / 'nope'}: no such run folder"]
     r = _cli("estimate", "--run", str(tmp_path), "--board", "Arty")
     assert r.returncode == 2 and "unknown board" in r.stderr
+
+
+def test_bench_table_names_options_and_counts_identical_images(run, auto_report, tmp_path):
+    from hw_build.build import bench
+
+    rows = bench([run], targets=["auto"], out=tmp_path / "hw.md", n=300, progress=False)
+    assert len(rows) == 1 and rows[0]["fits"] is True
+    assert rows[0]["estimated_fps"] == auto_report["estimated_fps"]  # the same build, resumed
+    assert rows[0]["identical"] == "300/300" and rows[0]["sim_images"] == 300
+    md = (tmp_path / "hw.md").read_text()
+    assert "| `B-D16N,12N,QN,D` | auto |" in md and "300/300" in md
+    assert json.loads((tmp_path / "hw.json").read_text())[0]["model"] == "B-D16N,12N,QN,D"
