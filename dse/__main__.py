@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,8 +121,6 @@ def cmd_search(args) -> int:
     print(describe(row))
     print("make bitstream " + " ".join(make_args(row, board=args.board, target_fps=args.target_fps)))
     if args.report:
-        import shutil
-
         from dse.report import write_report
 
         out, search = Path(args.report), Path(row["search_dir"])
@@ -160,7 +159,7 @@ def cmd_bench(args) -> int:
         cfg = json.loads((out / "sweep.json").read_text())
         trained = sum((r.get("ok") or 0) + (r.get("failed") or 0) for r in cfg.get("runs", []))
         total_wall = sum(r.get("wall_seconds") or 0 for r in cfg.get("runs", []))
-        timing.append({"sweep": str(out), "widths": widths, "sample": sample, "rows": len(df),
+        timing.append({"sweep": _rel(out), "widths": widths, "sample": sample, "rows": len(df),
                        "ok": int((df["status"] == "ok").sum()), "wall_seconds_this_call": round(wall, 1),
                        "wall_seconds_all_runs": round(total_wall, 1), "variants_trained": trained,
                        "variants_per_hour": round(3600 * trained / total_wall, 1) if total_wall else None})
@@ -171,11 +170,21 @@ def cmd_bench(args) -> int:
                                                 "limit": args.limit, "seed": args.seed, "sweeps": timing},
                                                indent=2) + "\n")
     path = write_report(dirs, out)
+    for d, t in zip(dirs, timing):  # the tables the report was made from
+        shutil.copyfile(d / "results.csv", out / f"results-{t['widths'].replace(',', '_')}.csv")
     for t in timing:
         print(f"{t['widths']}: {t['ok']}/{t['rows']} ok, {t['wall_seconds_all_runs']} s, "
               f"{t['variants_per_hour']} variants/hour")
     print(path)
     return 0
+
+
+def _rel(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (portable tables)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _machine() -> dict:
