@@ -117,13 +117,40 @@ class AffineBatchNorm1d(nn.BatchNorm1d):
     a value that lands on a rounding boundary of the next quantizer could round differently in
     PyTorch and in the exported QONNX model (seen: 1 of 1,000 MNIST images, one step of the
     add quantizer). With the affine written out, both execute the same two float32 operations
-    (Mul, Add on the same constants) and agree bit for bit. Training is plain batch-norm."""
+    (Mul, Add on the same constants) and agree bit for bit. Training is plain batch-norm.
+
+    The constants a, b are computed by torch and exported as they are (buffers `eval_scale`,
+    `eval_shift`, not in state_dict): traced, `weight / sqrt(var + eps)` is constant-folded by
+    the ONNX exporter with IEEE sqrt, while torch's float32 sqrt is not correctly rounded (1 ulp
+    off on ~1 in 5 inputs), so 1-ulp-different a, b once moved a value off a quantizer tie
+    (1 of 1,000 MNIST images, one add-quantizer step). Upstream note:
+    docs/upstream/torch-float32-sqrt.md."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("eval_scale", None, persistent=False)
+        self.register_buffer("eval_shift", None, persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode:
+            with torch.no_grad():
+                self._affine()  # fresh constants for an export right after eval()
+        return self
+
+    def _affine(self):
+        a = self.weight / torch.sqrt(self.running_var + self.eps)
+        b = self.bias - self.running_mean * a
+        self.eval_scale, self.eval_shift = a.detach(), b.detach()
+        return a, b
 
     def forward(self, x):
         if self.training:
             return super().forward(x)
-        a = self.weight / torch.sqrt(self.running_var + self.eps)
-        return x * a + (self.bias - self.running_mean * a)
+        if torch.compiler.is_compiling():  # export: torch's own constants, see the docstring
+            return x * self.eval_scale + self.eval_shift
+        a, b = self._affine()
+        return x * a + b
 
 
 class NHWCMaxPool(nn.Module):
