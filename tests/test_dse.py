@@ -293,13 +293,22 @@ def test_pareto_mask():
 # ---- report and pareto ------------------------------------------------------------------------
 
 def test_report_renders_with_plots(tmp_path):
-    _synthetic_table(tmp_path / "s1", "128", noise=0.002, hw=True)
+    df1 = _synthetic_table(tmp_path / "s1", "128", noise=0.002, hw=True)
+    # the most accurate and fastest design does not fit: the fronts must still show fitting ones
+    top = df1[df1["lut"].notna()].sort_values("test_acc").iloc[-1].to_dict()
+    R.append_row(tmp_path / "s1" / "results.csv", {**top, "test_acc": 1.5, "est_fps": 2e6, "lut": 99_000, "fits": 0})
     _synthetic_table(tmp_path / "s2", "128,88", noise=0.002, seed=2, hw=True)
     md = write_report([tmp_path / "s1", tmp_path / "s2"], tmp_path / "rep")
     text = md.read_text()
     for needle in ("## Consolidated accuracy", "thesis 128,88", "## Regression", "R²", "## Size",
                    "## On the board", "Chosen: B-", "## The thesis's recommendations", "Our data: supports"):
         assert needle in text, needle
+    # the fronts hold fitting designs even where a design that does not fit beats them all
+    board = text[text.index("## On the board"):]
+    for title in ("Pareto front (accuracy vs frame rate, fitting designs):",
+                  "Pareto front (accuracy vs LUT, fitting designs):"):
+        table = board[board.index(title):].split("\n\n")[1].splitlines()
+        assert len(table) >= 3 and all("| 1 |" in row for row in table[2:]), title
     for png in ("components.png", "regression.png", "acc_vs_size.png", "acc_vs_lut.png", "acc_vs_fps.png"):
         data = (tmp_path / "rep" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
