@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,45 @@ def _differences(table: pd.DataFrame) -> list[str]:
     return (["Where we differ from the thesis:", "", *out, ""] if out else [])
 
 
+def _over_names(r, cap: dict | None) -> str:
+    """The resources of a design that does not fit above 90 % of the board (the folding budget)."""
+    if not cap:
+        return ""
+    names = [n for n, col, key in (("LUT", "lut", "LUT"), ("BRAM", "bram18", "BRAM_18K"), ("DSP", "dsp", "DSP"))
+             if r[col] == r[col] and r[col] > 0.9 * cap[key]]
+    return (" " + "+".join(names)) if names else ""
+
+
+def _axes_pivots(hw: pd.DataFrame, cap: dict | None = None) -> list[str]:
+    """Per variant family (first width written W): LUT and fit by first width x input bits x
+    shortcut bits, where the sweep varied at least two of these axes (a board search's screen)."""
+    df = hw.copy()
+    df["first_width"] = [int(str(w).split(",")[0]) for w in df["widths"]]
+    df["family"] = [s.split("-", 1)[0] + "-" + re.sub(r"^(D?)\d+", r"\1W", s.split("-", 1)[1]) for s in df["spec"]]
+    axes = ["first_width", "input_bits", "shortcut_weight_bits"]
+    if sum(df[a].nunique() > 1 for a in axes) < 2:
+        return []
+    out = ["LUT by first width, input bits and shortcut weight bits (FINN estimate; `ok` fits the board "
+           "at the target, `--` does not, followed by the resources over 90 % of the board):", ""]
+    for fam, g in df.groupby("family", sort=True):
+        if g["shortcut_weight_bits"].isna().all() or len(g) < 4:
+            continue
+        cols = sorted(g["shortcut_weight_bits"].dropna().unique())
+        rows = sorted({(int(r.first_width), int(r.input_bits)) for r in g.itertuples()})
+        lines = [f"| {fam}: width, input bits | " + " | ".join(f"shortcut {int(c)} bits" for c in cols) + " |",
+                 "|---|" + "---:|" * len(cols)]
+        for w, ib in rows:
+            cells = []
+            for c in cols:
+                m = g[(g["first_width"] == w) & (g["input_bits"] == ib) & (g["shortcut_weight_bits"] == c)]
+                r = m.iloc[-1] if len(m) else None
+                cells.append("" if r is None else f"{r['lut']:,.0f} ok" if r["fits"] == 1
+                             else f"{r['lut']:,.0f} --{_over_names(r, cap)}")
+            lines.append(f"| {w}, {ib} | " + " | ".join(cells) + " |")
+        out += lines + [""]
+    return out
+
+
 def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> list[str]:
     hw = ok[ok["est_fps"].notna() & ok["lut"].notna()]
     if not len(hw):
@@ -287,12 +327,13 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
         why = f"Chosen: {describe(chosen)}."
     except ParetoError as e:
         why = f"No design chosen: {e}."
-    cap = ""
+    cap, capacity = "", None
     try:
         from hw_build.boards import get_board
 
         b = get_board(board)
         cap = f" ({b.part}: {b.lut:,} LUT, {b.bram18} BRAM18, {b.dsp} DSP)"
+        capacity = b.capacity()
     except Exception:
         pass
     fits = hw[hw["fits"] == 1]
@@ -314,6 +355,7 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
              md_table(front.sort_values("est_fps").set_index("spec")[cols], **fmt), "",
              "Pareto front (accuracy vs LUT, fitting designs):", "",
              md_table(lut_front.sort_values("lut").set_index("spec")[cols], **fmt), ""]
+    lines += _axes_pivots(hw, capacity)
     if len(hw) <= 100:
         lines += ["Every estimated variant, most accurate first:", "",
                   md_table(hw.sort_values([A.ACC, "lut"], ascending=[False, True]).set_index("spec")[cols], **fmt), ""]

@@ -423,3 +423,16 @@ def test_board_search_trains_only_the_maximal_fitting_designs(ray_session, tmp_p
     fit = screen[screen["fits"] == 1].copy()
     other = fit.iloc[:1].assign(spec="B-16N,PN,D", Q=0, P=1)
     assert "B-16N,PN,D" in set(maximal(pd.concat([fit, other], ignore_index=True))["spec"])
+
+
+def test_board_pivot_of_widths_and_bits():
+    from dse.report import _axes_pivots
+
+    rows = [{"spec": f"B-{w}N,QN,D", "widths": str(w), "input_bits": ib, "shortcut_weight_bits": sc,
+             "lut": w * ib * sc, "bram18": 0, "dsp": 250 if (w, ib, sc) == (128, 4, 4) else 0,
+             "fits": int((w, ib, sc) != (128, 4, 4))}
+            for w in (64, 128) for ib in (2, 4) for sc in (2, 4)]
+    text = "\n".join(_axes_pivots(pd.DataFrame(rows), {"LUT": 53_200, "BRAM_18K": 280, "DSP": 220}))
+    assert "| B-WN,QN,D: width, input bits | shortcut 2 bits | shortcut 4 bits |" in text
+    assert "| 128, 4 | 1,024 ok | 2,048 -- DSP |" in text and "| 64, 2 | 256 ok | 512 ok |" in text
+    assert _axes_pivots(pd.DataFrame(rows[:1])) == []  # nothing varies: no pivot
