@@ -93,7 +93,7 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
         from train.data import load_dataset
         dataset = load_dataset(dataset, data_dir)
     out = Path(out_dir) if out_dir is not None else \
-        default_sweep_dir(dataset.name, (0,), "search", None).with_name(f"search_{board}_{int(target_fps)}fps")
+        default_sweep_dir(dataset.name, (0,), "search", None).parent / f"search_{board}_{int(target_fps)}fps"
     common = dict(board=board, target_fps=target_fps, parallel=parallel, ray_address=ray_address, seed=seed,
                   baselines=False, runner=runner, progress=progress)
     for s in specs:
@@ -102,9 +102,9 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
                   out_dir=out / "screen", **common)
     screen = R.read_results(out / "screen" / "results.csv")  # every screened design, earlier calls' too
     families = {_family(s.name) for s in specs}  # the table may hold other calls' families and baselines
-    mine = [r["status"] == "ok" and r["kind"] == "B" and _family(r["spec"]) in families
-            for r in screen.to_dict("records")]
-    ok = screen[np.array(mine, dtype=bool)]
+    mine = screen[np.array([r["kind"] == "B" and _family(r["spec"]) in families
+                            for r in screen.to_dict("records")], dtype=bool)]
+    ok = mine[mine["status"] == "ok"]
     fit = ok[[_fits(r, target_fps) for r in ok.to_dict("records")]]
     if not len(fit):
         raise SearchError(f"no screened design fits {board} at {target_fps:,.0f} fps (see {out / 'screen'})")
@@ -119,8 +119,8 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     try:
         row = choose([out / "final"], board, target_fps, estimate_missing=False)
     except ParetoError as e:
-        raise SearchError(f"{e} (screened: {len(screen)}, fitting: {len(fit)}, trained: {len(keep)})") from None
-    summary = {"board": board, "target_fps": target_fps, "screened": int(len(screen)), "fitting": int(len(fit)),
+        raise SearchError(f"{e} (screened: {len(mine)}, fitting: {len(fit)}, trained: {len(keep)})") from None
+    summary = {"board": board, "target_fps": target_fps, "screened": int(len(mine)), "fitting": int(len(fit)),
                "trained": [f"{r['spec']}{r['options']}" for _, r in keep.iterrows()],
                "chosen": f"{row['spec']}{row['options'] or ''}", "describe": describe(row),
                "make_args": make_args(row, board=board, target_fps=target_fps)}

@@ -412,6 +412,7 @@ def test_board_search_trains_only_the_maximal_fitting_designs(ray_session, tmp_p
     assert row["spec"] == "B-16N,QN,D" and row["options"] == "__in4_sc4"  # 0.5+.016+.04+.004 > 0.5+.032+.02+.004
     choice = json.loads((tmp_path / "choice.json").read_text())
     assert choice["chosen"] == "B-16N,QN,D__in4_sc4" and "INPUT_BITS=4" in choice["make_args"]
+    assert (choice["screened"], choice["fitting"]) == (8, 6)
     calls = len(list((tmp_path / "screen" / "calls").iterdir())) + len(list((tmp_path / "final" / "calls").iterdir()))
     assert calls == 10
     # a fitting row of a family this call does not search (e.g. a baseline) is left alone
