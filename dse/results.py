@@ -97,10 +97,13 @@ def read_results(path: str | Path, *, latest: bool = True, ok_only: bool = False
     return df.reset_index(drop=True)
 
 
-def finished_keys(path: str | Path) -> set[tuple[str, str]]:
-    """Keys (spec, options) whose latest row has status ok."""
+def finished_keys(path: str | Path, *, with_estimate: bool = False) -> set[tuple[str, str]]:
+    """Keys (spec, options) whose latest row has status ok (and, with `with_estimate`, a FINN
+    estimate where the variant can go to the FPGA: a failed estimate is retried like a failed run)."""
     path = Path(path)
     if not path.exists():
         return set()
     df = read_results(path, ok_only=True)
+    if with_estimate:
+        df = df[~((df["fpga_able"] == 1) & df["est_fps"].isna())]
     return set(zip(df["spec"], df["options"]))

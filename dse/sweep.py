@@ -289,7 +289,7 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
                                   "options_grid": options_grid or {},
                                   "parallel": parallel, "ray_address": ray_address or os.environ.get("RAY_ADDRESS")})
     table = out / "results.csv"
-    done = R.finished_keys(table)
+    done = R.finished_keys(table, with_estimate=bool(board and estimate))
     todo = [j for j in jobs if (j["spec"], j["options"]) not in done]
     common = {"recipe": recipe, "epochs": epochs, "seed": seed, "limit_train": limit, "dataset": ds.name,
               "data_dir": str(data_dir) if data_dir else None, "sweep_dir": str(out.resolve()),

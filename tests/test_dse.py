@@ -437,3 +437,37 @@ def test_board_pivot_of_widths_and_bits():
     assert "| B-WN,QN,D: width, input bits | shortcut 2 bits | shortcut 4 bits |" in text
     assert "| 128, 4 | 1,024 ok | 2,048 -- DSP |" in text and "| 64, 2 | 256 ok | 512 ok |" in text
     assert _axes_pivots(pd.DataFrame(rows[:1])) == []  # nothing varies: no pivot
+
+
+def _estimate_once_failing_runner(job, dataset):
+    """A FINN estimate that fails for B-16N,QN until a `heal` file exists; marks every call."""
+    marks = Path(job["sweep_dir"]) / "calls"
+    marks.mkdir(exist_ok=True)
+    (marks / f"{job['slug']}.{len(list(marks.iterdir()))}").write_text("")
+    out = {"test_acc": 0.9}
+    if job["board"] and job["fpga_able"]:
+        if job["spec"] == "B-16N,QN" and not (Path(job["sweep_dir"]) / "heal").exists():
+            out.update(board=job["board"], target_fps=job["target_fps"], hw_error="ExportError: synthetic")
+        else:
+            out.update(board=job["board"], target_fps=job["target_fps"], est_fps=1e6, lut=1000, bram18=0,
+                       dsp=0, fits=1)
+    return out
+
+
+def test_failed_estimate_is_retried_on_rerun(ray_session, tmp_path):
+    kw = dict(out_dir=tmp_path, parallel=2, runner=_estimate_once_failing_runner, progress=False,
+              variants=["B-16N,QN", "B-16N,PN"], board="Pynq-Z2", target_fps=1e6)
+    df = run_sweep(_tiny_dataset(), "16", **kw)
+    row = df[df["spec"] == "B-16N,QN"].iloc[0]
+    assert row["status"] == "ok" and row["hw_error"] == "ExportError: synthetic" and row["est_fps"] != row["est_fps"]
+    n = len(list((tmp_path / "calls").iterdir()))
+    (tmp_path / "heal").write_text("")
+    df = run_sweep(_tiny_dataset(), "16", **kw)
+    assert len(list((tmp_path / "calls").iterdir())) == n + 1        # only the row without an estimate
+    assert df[df["spec"] == "B-16N,QN"].iloc[0]["est_fps"] == 1e6
+    # without a board no row has an estimate, and a rerun has nothing to retry
+    nb = {**kw, "board": None, "target_fps": None, "out_dir": tmp_path / "nb"}
+    run_sweep(_tiny_dataset(), "16", **nb)
+    n = len(list((tmp_path / "nb" / "calls").iterdir()))
+    run_sweep(_tiny_dataset(), "16", **nb)
+    assert len(list((tmp_path / "nb" / "calls").iterdir())) == n
