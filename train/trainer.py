@@ -2,8 +2,9 @@
 
 `train_run` trains (or resumes, or reuses a finished run), `load_run` rebuilds a trained model.
 Files in the run folder (docs/design.md): config.json, history.csv, checkpoint.pt (written every
-epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe; a copy is cached
-in ../.teachers/, so sibling runs of the same widths, e.g. a sweep's option variants, reuse it).
+epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe;
+a copy is cached in ../.teachers/, so sibling runs of the same widths, e.g. a sweep's option
+variants, reuse it).
 """
 from __future__ import annotations
 
