@@ -511,7 +511,8 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
                 except SimulationError as e:  # its counts are in sim.json; the table shows them
                     sims[run] = _read_json(Path(rep["out_dir"]) / "sim.json") or {"error": str(e)}
             s = sims.get(run, {})
-            rows.append({"run": str(run), "model": f"{rep.get('model')}{_options_label(run)}", "dataset": rep.get("dataset"),
+            rows.append({"run": str(run), "model": f"{rep.get('model')}{_options_label(run)}",
+                         "dataset": rep.get("dataset"),
                          "target": "auto" if t is None else t,
                          "estimated_fps": rep["estimated_fps"], "latency_us": rep["latency_us"],
                          "LUT": rep["resources"]["LUT"], "BRAM_18K": rep["resources"]["BRAM_18K"],
