@@ -130,7 +130,7 @@ def cmd_search(args) -> int:
         shutil.copyfile(search / "choice.json", out / "choice.json")
         # every trained design: FINN estimate at the target and its HW graph run on the whole test set
         from dse.results import read_results
-        from hw_build.build import bench as hw_bench
+        from bench.hw import bench as hw_bench
 
         final = read_results(search / "final" / "results.csv")
         runs = [Path(r) for r in final[final["status"] == "ok"].sort_values("test_acc", ascending=False)["run_dir"]]

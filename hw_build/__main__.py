@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hw_build.boards import FIT_BUDGET  # no FINN import: --help stays fast
+
 EXIT_FAILED, EXIT_USER, EXIT_MISSING_TOOL, EXIT_NO_FIT = 1, 2, 3, 4
 DEFAULT_MODEL = "B-D128N,D88N,D88N,QN,D"
 
@@ -47,8 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     hw.add_argument("--search", choices=("resource", "stock"), default="resource",
                     help="folding search with --target-fps: resource-aware (default) or FINN's "
                          "SetFolding")
-    hw.add_argument("--budget", type=_float, default=0.9,
-                    help="share of the board the default search may fill (default 0.9)")
+    hw.add_argument("--budget", type=_float, default=FIT_BUDGET,
+                    help=f"share of the board the default search may fill (default {FIT_BUDGET}, the fit budget)")
     hw.add_argument("--embedded-thresholds", action="store_true",
                     help="keep requantization thresholds inside the MVAUs (FINN's default; "
                          "ResBin's default is standalone Thresholding layers, far cheaper for "
@@ -146,7 +148,7 @@ def _run(args) -> int:
     from hw_build.build import build
 
     if args.cmd == "bench":
-        from hw_build.build import bench
+        from bench.hw import bench
 
         for run in args.runs:
             ensure_exported(Path(run))

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["Board", "BoardError", "BOARDS", "get_board", "RESOURCES"]
+__all__ = ["Board", "BoardError", "BOARDS", "get_board", "RESOURCES", "FIT_BUDGET", "over_budget",
+           "fits", "budget_label"]
 
 # The resources the fit check compares (FINN's estimate keys).
 RESOURCES = ("LUT", "BRAM_18K", "DSP", "URAM")
+# THE fit budget: a design fits a board when FINN's estimate of every resource is within this
+# share of the board (headroom for what the estimate leaves out: FIFOs, width converters, DMA,
+# the shell, routing). The folding search fills up to it; the fit check, the reports, deploy and
+# the design-space tools all decide "fits" with `fits()` below.
+FIT_BUDGET = 0.9
 
 
 class BoardError(ValueError):
@@ -59,3 +65,22 @@ def get_board(name: str) -> Board:
         if key in (b.name.lower(), b.finn_board.lower()):
             return b
     raise BoardError(f"unknown board {name!r}: expected one of {', '.join(BOARDS)}")
+
+
+def over_budget(resources: dict, board: Board | dict, fraction: float = FIT_BUDGET) -> list[str]:
+    """The resources of an estimate above `fraction` of the board (or of a capacity dict such
+    as a report's `capacity`); empty: it fits."""
+    cap = board.capacity() if isinstance(board, Board) else board
+    return [r for r in RESOURCES if float(resources.get(r) or 0) > fraction * cap[r] + 1e-9]
+
+
+def fits(resources: dict, board: Board | dict, fraction: float = FIT_BUDGET) -> bool:
+    """THE fit rule: every estimated resource within `fraction` (FIT_BUDGET) of the board."""
+    return not over_budget(resources, board, fraction)
+
+
+def budget_label(board: Board, fraction: float = FIT_BUDGET) -> str:
+    """How reports name the budget, e.g. 'within 90 % of Pynq-Z2 (47,880 LUT, 252 BRAM18, 198 DSP)'."""
+    cap = board.capacity()
+    return (f"within {100 * fraction:.0f} % of {board.name} ({fraction * cap['LUT']:,.0f} LUT, "
+            f"{fraction * cap['BRAM_18K']:,.0f} BRAM18, {fraction * cap['DSP']:,.0f} DSP)")

@@ -1,7 +1,7 @@
 """Estimate reports of a folded FINN graph, the fit check, report.json / report.md.
 
 Resources and cycles come from FINN's own per-node estimators (the ones behind
-step_generate_estimate_reports). Three corrections, each where FINN's estimator is known to
+step_generate_estimate_reports). Four corrections, each where FINN's estimator is known to
 count nothing for hardware that exists (see `node_resources`):
 - an HLS MVAU with embedded thresholds in `ram_style_thresholds=auto` is costed as distributed
   (FINN counts neither the threshold memory nor the comparators for `auto`);
@@ -32,7 +32,7 @@ from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles  # n
 from finn.util.fpgadataflow import is_hls_node, is_rtl_node  # noqa: E402
 from finn.util.memutil import get_memutil_alternatives, mem_primitives_versal  # noqa: E402
 
-from hw_build.boards import BOARDS, RESOURCES, Board  # noqa: E402
+from hw_build.boards import BOARDS, FIT_BUDGET, RESOURCES, Board, budget_label, fits, over_budget  # noqa: E402
 
 __all__ = ["DoesNotFitError", "node_resources", "model_resources", "stored_bits",
            "collect_report", "fit_check", "write_report", "summary_markdown"]
@@ -216,7 +216,9 @@ def collect_report(model: ModelWrapper, board: Board, clock_mhz: float, *,
         "resources": total,
         "finn_resources": finn_total,
         "utilization": util,
-        "fits": all(total[r] <= cap[r] for r in RESOURCES),
+        "fits": fits(total, board),
+        "fit_budget": FIT_BUDGET,
+        "fit_rule": budget_label(board),
         "stored_bits": {**bits, "total": sum(bits.values()),
                         "total_kib": sum(bits.values()) / 8 / 1024},
         "layers": layers,
@@ -230,17 +232,19 @@ def collect_report(model: ModelWrapper, board: Board, clock_mhz: float, *,
 
 
 def fit_check(report: dict, board: Board | None = None) -> None:
-    """Raise DoesNotFitError (numbers + a hint) if the estimate exceeds the board's capacity."""
+    """Raise DoesNotFitError (numbers + a hint) unless the estimate fits the board's budget
+    (`hw_build.boards.fits`: every resource within FIT_BUDGET of the board)."""
     cap = board.capacity() if board is not None else report["capacity"]
     name = board.name if board is not None else report["board"]
-    over = [r for r in RESOURCES if report["resources"][r] > cap[r]]
+    over = over_budget(report["resources"], cap)
     if not over:
         return
-    nums = ", ".join(f"{r} {report['resources'][r]:,.0f} > {cap[r]:,}" for r in over)
+    nums = ", ".join(f"{r} {report['resources'][r]:,.0f} > {FIT_BUDGET * cap[r]:,.0f}" for r in over)
     hint = ("lower --target-fps (or drop it: the default picks the fastest folding that fits), "
             "use a cheaper shortcut (P, fewer shortcut weight bits, none) or smaller widths")
     raise DoesNotFitError(f"design does not fit {name} ({report['part']}) at "
-                          f"{report['estimated_fps']:,.0f} fps estimated: {nums}; hint: {hint}",
+                          f"{report['estimated_fps']:,.0f} fps estimated: {nums} "
+                          f"(budget: {100 * FIT_BUDGET:.0f} % of the board); hint: {hint}",
                           report)
 
 
@@ -260,7 +264,7 @@ def summary_markdown(report: dict) -> str:
              f"{report['stored_bits']['thresholds']:,} threshold bits "
              f"({report['stored_bits']['total_kib']:.1f} KiB in all)",
              f"- folding: {report.get('folding_source', 'n/a')}",
-             f"- fits: **{'yes' if report['fits'] else 'NO'}**",
+             f"- fits: **{'yes' if report['fits'] else 'NO'}** ({report.get('fit_rule', 'n/a')})",
              "",
              "| resource | estimate | capacity | use |", "|---|---:|---:|---:|"]
     for r in RESOURCES:

@@ -29,7 +29,7 @@ from finn.util.basic import MAX_ALLOWED_AP_INT_W  # noqa: E402
 from finn.util.config import extract_model_config  # noqa: E402
 from finn.util.fpgadataflow import is_hls_node, is_rtl_node  # noqa: E402
 
-from hw_build.boards import RESOURCES, Board  # noqa: E402
+from hw_build.boards import FIT_BUDGET, RESOURCES, Board, over_budget  # noqa: E402
 from hw_build.estimate import model_resources, node_resources  # noqa: E402
 
 __all__ = ["FoldingError", "FOLDING_ATTRS", "extract_folding", "save_folding", "check_folding",
@@ -279,11 +279,7 @@ def _budget(board: Board, fraction: float) -> dict[str, float]:
     return {r: board.capacity()[r] * fraction for r in RESOURCES}
 
 
-def _over(total: dict, budget: dict) -> list[str]:
-    return [r for r in RESOURCES if total.get(r, 0) > budget[r] + 1e-9]
-
-
-def _try_target(model: ModelWrapper, table, t: int, budget: dict, fpgapart: str,
+def _try_target(model: ModelWrapper, table, t: int, board: Board, fraction: float, fpgapart: str,
                 rounds: int = 8):
     """Fold every node for <= t cycles at minimum weighted cost; re-weight overflowing resources.
 
@@ -291,6 +287,7 @@ def _try_target(model: ModelWrapper, table, t: int, budget: dict, fpgapart: str,
     """
     m = model.transform(SetFolding(t, mvau_wwidth_max=MAX_ALLOWED_AP_INT_W,
                                    two_pass_relaxation=False))
+    budget = _budget(board, fraction)
     # a resource with no capacity (e.g. URAM on a Zynq-7000) must never be chosen
     weights = {r: (1.0 / budget[r]) if budget[r] > 0 else 1e9 for r in RESOURCES}
     best = None
@@ -303,7 +300,7 @@ def _try_target(model: ModelWrapper, table, t: int, budget: dict, fpgapart: str,
             picks[name] = o
         _apply(m, picks)
         total = model_resources(m, fpgapart)
-        over = _over(total, budget)
+        over = over_budget(total, board, fraction)
         peak = max(total.get(r, 0) / budget[r] if budget[r] > 0 else
                    (math.inf if total.get(r, 0) else 0) for r in RESOURCES)
         if best is None or peak < best[0]:
@@ -322,7 +319,7 @@ def _max_cycles(model: ModelWrapper) -> int:
 
 
 def resource_aware_folding(model: ModelWrapper, board: Board, *, fpgapart: str | None = None,
-                           budget_fraction: float = 0.9, target_fps: float | None = None,
+                           budget_fraction: float = FIT_BUDGET, target_fps: float | None = None,
                            clock_mhz: float = 100.0) -> tuple[ModelWrapper, dict]:
     """Fastest folding whose estimate fits `budget_fraction` of the board (target_fps=None), or
     the cheapest folding that meets `target_fps`.
@@ -346,17 +343,17 @@ def resource_aware_folding(model: ModelWrapper, board: Board, *, fpgapart: str |
             "budget": budget, "n_options": sum(len(c.options) for c in table.values())}
     if target_fps is not None:
         t = max(cycles_per_frame(target_fps, clock_mhz), 1)
-        m, picks, total, fits = _try_target(model, table, t, budget, fpgapart)
+        m, picks, total, fits = _try_target(model, table, t, board, budget_fraction, fpgapart)
         info.update(mode="target", target_fps=target_fps, target_cycles=t, fits_budget=fits)
     else:
         cands = sorted({o.cycles for ch in table.values() for o in ch.options if o.cycles >= floor})
         lo, hi = 0, len(cands) - 1
-        m, picks, total, fits = _try_target(model, table, cands[hi], budget, fpgapart)
+        m, picks, total, fits = _try_target(model, table, cands[hi], board, budget_fraction, fpgapart)
         best = (m, picks, total, fits, cands[hi])
         if fits:
             while lo < hi:  # smallest candidate T that fits
                 mid = (lo + hi) // 2
-                r = _try_target(model, table, cands[mid], budget, fpgapart)
+                r = _try_target(model, table, cands[mid], board, budget_fraction, fpgapart)
                 if r[3]:
                     best, hi = (*r, cands[mid]), mid
                 else:
@@ -366,7 +363,7 @@ def resource_aware_folding(model: ModelWrapper, board: Board, *, fpgapart: str |
         # the bottleneck's cycles (never slower, never more resources)
         achieved = _max_cycles(m)
         if achieved < t:
-            r = _try_target(model, table, achieved, budget, fpgapart)
+            r = _try_target(model, table, achieved, board, budget_fraction, fpgapart)
             if r[3]:
                 m, picks, total, fits = r
                 t = achieved
