@@ -104,11 +104,13 @@ def decides(est: dict, board: str, target_fps: float | None) -> bool:
     if target_fps is None:
         return False
     # a folding meeting the target that fits answers yes; one made for this very target answers
-    return _fits(est, target_fps) or abs(t0 - target_fps) <= target_fps * (1 - FPS_TOL)
+    return fits_at(est, target_fps) or abs(t0 - target_fps) <= target_fps * (1 - FPS_TOL)
 
 
-def _fits(est: dict, target_fps: float | None) -> bool:
-    """The estimate fits the board (and reaches target_fps, if given)."""
+def fits_at(est: dict, target_fps: float | None) -> bool:
+    """The estimate fits the board (its `fits`, decided by THE fit rule `hw_build.boards.fits`
+    when it was estimated) and reaches target_fps, if given (FINN's folding lands on whole
+    cycles: FPS_TOL)."""
     fps = _num(est.get("est_fps"))
     fits = _num(est.get("fits")) == 1 or str(est.get("fits")).lower() == "true"
     return fits and fps is not None and (target_fps is None or fps >= target_fps * FPS_TOL)
@@ -165,8 +167,8 @@ def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy:
             continue
         if progress:
             print(f"  {row['spec']}{row['options']}: acc {row['test_acc']:.4f}, "
-                  f"{_num(est.get('est_fps')) or 0:,.0f} fps, fits={_fits(est, None)}", flush=True)
-        if not _fits(est, target_fps):
+                  f"{_num(est.get('est_fps')) or 0:,.0f} fps, fits={fits_at(est, None)}", flush=True)
+        if not fits_at(est, target_fps):
             continue
         out = {**row.to_dict(), **{k: est.get(k) for k in R.HW_COLUMNS}, "board": board, "target_fps": target_fps}
         if target_fps is not None:

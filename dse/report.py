@@ -21,6 +21,7 @@ import pandas as pd
 from dse import analysis as A
 from dse import thesis_tables as T
 from dse.pareto import ParetoError, choose, describe, load_sweeps
+from hw_build.boards import FIT_BUDGET
 
 
 class ReportError(ValueError):
@@ -271,11 +272,15 @@ def _differences(table: pd.DataFrame) -> list[str]:
 
 
 def _over_names(r, cap: dict | None) -> str:
-    """The resources of a design that does not fit above 90 % of the board (the folding budget)."""
+    """The resources of a design over the fit budget (`hw_build.boards.over_budget`)."""
+    from hw_build.boards import over_budget
+
     if not cap:
         return ""
-    names = [n for n, col, key in (("LUT", "lut", "LUT"), ("BRAM", "bram18", "BRAM_18K"), ("DSP", "dsp", "DSP"))
-             if r[col] == r[col] and r[col] > 0.9 * cap[key]]
+    res = {key: r[col] for col, key in (("lut", "LUT"), ("bram18", "BRAM_18K"), ("dsp", "DSP"))
+           if r[col] == r[col]}
+    names = [{"BRAM_18K": "BRAM"}.get(n, n) for n in over_budget(res, cap)
+             if n in res]
     return (" " + "+".join(names)) if names else ""
 
 
@@ -289,7 +294,8 @@ def _axes_pivots(hw: pd.DataFrame, cap: dict | None = None) -> list[str]:
     if sum(df[a].nunique() > 1 for a in axes) < 2:
         return []
     out = ["LUT by first width, input bits and shortcut weight bits (FINN estimate; `ok` fits the board "
-           "at the target, `--` does not, followed by the resources over 90 % of the board):", ""]
+           "at the target, `--` does not, followed by the resources over the fit budget, "
+           f"{100 * FIT_BUDGET:.0f} % of the board):", ""]
     for fam, g in df.groupby("family", sort=True):
         if g["shortcut_weight_bits"].isna().all() or len(g) < 4:
             continue

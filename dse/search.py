@@ -77,7 +77,7 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     """
     import json
 
-    from dse.pareto import ParetoError, _fits, choose, describe, make_args
+    from dse.pareto import ParetoError, choose, describe, fits_at, make_args
     from dse.sweep import SweepError, default_sweep_dir, run_sweep
     from train.spec import ModelSpec
 
@@ -105,7 +105,7 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     mine = screen[np.array([r["kind"] == "B" and _family(r["spec"]) in families
                             for r in screen.to_dict("records")], dtype=bool)]
     ok = mine[mine["status"] == "ok"]
-    fit = ok[[_fits(r, target_fps) for r in ok.to_dict("records")]]
+    fit = ok[[fits_at(r, target_fps) for r in ok.to_dict("records")]]
     if not len(fit):
         raise SearchError(f"no screened design fits {board} at {target_fps:,.0f} fps (see {out / 'screen'})")
     keep = maximal(fit)

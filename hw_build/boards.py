@@ -71,7 +71,7 @@ def over_budget(resources: dict, board: Board | dict, fraction: float = FIT_BUDG
     """The resources of an estimate above `fraction` of the board (or of a capacity dict such
     as a report's `capacity`); empty: it fits."""
     cap = board.capacity() if isinstance(board, Board) else board
-    return [r for r in RESOURCES if float(resources.get(r) or 0) > fraction * cap[r] + 1e-9]
+    return [r for r in RESOURCES if float(resources.get(r) or 0) > fraction * cap.get(r, 0) + 1e-9]
 
 
 def fits(resources: dict, board: Board | dict, fraction: float = FIT_BUDGET) -> bool:
