@@ -22,25 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from hw_build.finn_env import ensure_finn
+from hw_build.golden_nodes import GoldenWriteError, base_op, flat_size, node_spec
 
 GOLDEN_FORMAT = 1  # == deploy.golden.GOLDEN_FORMAT (tests check)
-
-# ops that only move a stream (identity on the flat per-image layout)
-_IDENTITY_OPS = {"StreamingFIFO", "StreamingDataWidthConverter", "Reshape", "Flatten", "Squeeze",
-                 "Unsqueeze", "Identity"}
-_ELEMENTWISE = {"ElementwiseAdd": "add", "ElementwiseSub": "sub", "ElementwiseMul": "mul",
-                "ElementwiseMax": "max", "ElementwiseMin": "min"}
-
-
-class GoldenWriteError(Exception):
-    """The HW graph holds something the golden model cannot represent exactly."""
-
-
-def _base_op(op_type: str) -> str:
-    for suffix in ("_hls", "_rtl"):
-        if op_type.endswith(suffix):
-            return op_type[: -len(suffix)]
-    return op_type
 
 
 def _load(hw_model):
@@ -93,190 +77,6 @@ def _inline_partitions(model):
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     return model
-
-
-def _int_array(a, what: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-        raise GoldenWriteError(f"{what}: non-integer values; the golden model is integer-only")
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    for t in (np.int8, np.int16, np.int32, np.int64):
-        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
-            return a.astype(t)
-    raise GoldenWriteError(f"{what}: values out of int64 range")
-
-
-def _thresholds(t, what: str) -> np.ndarray:
-    """Float thresholds -> int64: for integer x, `x >= t` <=> `x >= ceil(t)` (qonnx compares >=)."""
-    t = np.asarray(t, dtype=np.float64)
-    if t.ndim != 2:
-        raise GoldenWriteError(f"{what}: thresholds of shape {t.shape}, expected (channels, steps)")
-    lim = float(2**62)
-    t = np.clip(np.ceil(np.nan_to_num(t, nan=lim, posinf=lim, neginf=-lim)), -lim, lim)
-    return t.astype(np.int64)
-
-
-def _pack_bits(bits: np.ndarray) -> np.ndarray:
-    """(rows, n) array of 0/1 -> (rows, ceil(n/8)) uint8, MSB first (np.packbits default)."""
-    return np.packbits(bits.astype(np.uint8), axis=-1)
-
-
-def _flat_size(shape) -> int:
-    return int(np.prod(shape[1:])) if shape is not None and len(shape) > 1 else 1
-
-
-def _gather_index(model, node, inst=None) -> np.ndarray:
-    """Run the node on arange values: output[j] = input[index[j]] (data-movement ops only)."""
-    ishape = list(model.get_tensor_shape(node.input[0]))
-    oshape = list(model.get_tensor_shape(node.output[0]))
-    n = int(np.prod(ishape))
-    if n >= 2**24:
-        raise GoldenWriteError(f"{node.name}: {n} elements, too many for a float32 index map")
-    x = np.arange(n, dtype=np.float32).reshape(ishape)
-    if inst is None:  # ONNX Transpose
-        perm = [a.i for a in node.attribute if a.name == "perm"]
-        perm = list(node.attribute[0].ints) if not perm else perm
-        out = np.transpose(x, perm)
-    else:
-        ctx = {node.input[0]: x, node.output[0]: np.zeros(oshape, dtype=np.float32)}
-        inst.execute_node(ctx, model.graph)
-        out = ctx[node.output[0]]
-    if out.shape[0] != 1 or ishape[0] != 1:
-        raise GoldenWriteError(f"{node.name}: batch dimension {ishape[0]}, expected 1")
-    idx = out.reshape(-1).astype(np.int64)
-    if not np.array_equal(idx.astype(np.float32), out.reshape(-1)):
-        raise GoldenWriteError(f"{node.name}: not a pure data-movement op (non-index outputs)")
-    return idx.astype(np.int32)
-
-
-def _node_spec(model, node, k: int, arrays: dict) -> dict:
-    from qonnx.custom_op.registry import getCustomOp
-
-    op = _base_op(node.op_type)
-    spec = {"op": op, "name": node.name or f"{op}_{k}", "inputs": list(node.input),
-            "outputs": list(node.output), "attrs": {}, "arrays": {}}
-    attrs, arr = spec["attrs"], spec["arrays"]
-    name = spec["name"]
-
-    def put(role, a):
-        key = f"n{k}_{role}"
-        arrays[key] = a
-        arr[role] = key
-
-    def dt(t):
-        return model.get_tensor_datatype(t).name
-
-    if op == "MVAU":
-        inst = getCustomOp(node)
-        g = inst.get_nodeattr
-        for a in ("MW", "MH", "PE", "SIMD", "binaryXnorMode", "noActivation", "ActVal",
-                  "inputDataType", "weightDataType", "outputDataType", "accDataType"):
-            attrs[a] = g(a)
-        attrs["numInputVectors"] = list(g("numInputVectors"))
-        spec["inputs"] = [node.input[0]]
-        w = model.get_initializer(node.input[1])
-        if w is None:
-            raise GoldenWriteError(f"{name}: weights are not an initializer (mem_mode "
-                                   f"{g('mem_mode')!r}); only constant weights are supported")
-        w = np.asarray(w, dtype=np.float64)
-        if w.shape != (g("MW"), g("MH")):
-            raise GoldenWriteError(f"{name}: weights of shape {w.shape}, expected (MW, MH)")
-        idt, wdt = g("inputDataType"), g("weightDataType")
-        if g("binaryXnorMode"):
-            mode = "xnor"          # xnorpopcountmatmul(x, w): inputs and weights in {0, 1}
-        elif idt == "BIPOLAR" and wdt == "BIPOLAR":
-            mode = "bipolar_xnor"  # xnorpopcountmatmul((x+1)/2, (w+1)/2)
-        else:
-            mode = "int"           # np.matmul(x, w)
-        attrs["mode"] = mode
-        if mode != "int" or wdt in ("BINARY", "BIPOLAR"):
-            # xnor mode reads the weights as bits, as FINN's xnorpopcountmatmul does
-            bipolar = mode == "bipolar_xnor" or (mode == "int" and wdt == "BIPOLAR")
-            bits = (w + 1) / 2 if bipolar else w
-            if not np.all((bits == 0) | (bits == 1)):
-                raise GoldenWriteError(f"{name}: {wdt} weights hold values outside its range")
-            attrs["weight_encoding"] = "bipolar_bits" if bipolar else "bits"
-            put("weights", _pack_bits(bits.T))   # (MH, ceil(MW/8))
-        else:
-            attrs["weight_encoding"] = "int"
-            put("weights", _int_array(w, f"{name} weights"))  # (MW, MH)
-        if not g("noActivation"):
-            odt = g("outputDataType")
-            attrs["out_scale"] = 2 if odt == "BIPOLAR" else 1
-            attrs["out_bias"] = -1 if odt == "BIPOLAR" else int(g("ActVal"))
-            thr = model.get_initializer(node.input[2])
-            if thr is None:
-                raise GoldenWriteError(f"{name}: thresholds are not an initializer")
-            put("thresholds", _thresholds(thr, f"{name} thresholds"))
-    elif op == "Thresholding":
-        inst = getCustomOp(node)
-        g = inst.get_nodeattr
-        for a in ("NumChannels", "numSteps", "ActVal", "inputDataType", "outputDataType"):
-            attrs[a] = g(a)
-        spec["inputs"] = [node.input[0]]
-        thr = model.get_initializer(node.input[1])
-        if thr is None:
-            raise GoldenWriteError(f"{name}: thresholds are not an initializer")
-        put("thresholds", _thresholds(thr, f"{name} thresholds"))
-        odt = g("outputDataType")
-        attrs["out_scale"] = 2 if odt == "BIPOLAR" else 1
-        attrs["out_bias"] = (2 * int(g("ActVal")) - 1) if odt == "BIPOLAR" else int(g("ActVal"))
-    elif op == "DuplicateStreams":
-        attrs["NumOutputStreams"] = getCustomOp(node).get_nodeattr("NumOutputStreams")
-        spec["op"] = "Identity"
-    elif op in _IDENTITY_OPS:
-        if _flat_size(model.get_tensor_shape(node.input[0])) != _flat_size(
-                model.get_tensor_shape(node.output[0])):
-            raise GoldenWriteError(f"{name}: {op} changes the number of elements")
-        spec["inputs"] = [node.input[0]]
-        spec["op"] = "Identity"
-    elif op == "ConvolutionInputGenerator" or op == "Transpose":
-        inst = getCustomOp(node) if op != "Transpose" else None
-        spec["inputs"] = [node.input[0]]
-        put("index", _gather_index(model, node, inst))
-        spec["op"] = "Gather"
-        if inst is not None:
-            for a in ("ConvKernelDim", "IFMDim", "OFMDim", "Stride", "Dilation"):
-                attrs[a] = list(inst.get_nodeattr(a))
-            attrs["IFMChannels"] = inst.get_nodeattr("IFMChannels")
-    elif op == "Pool":
-        g = getCustomOp(node).get_nodeattr
-        fn = g("Function")
-        if fn not in ("MaxPool", "AccPool"):
-            raise GoldenWriteError(f"{name}: Pool function {fn} is not supported (MaxPool, "
-                                   f"AccPool are)")
-        k2 = int(np.prod(g("KernelSize")))
-        attrs.update({"Function": fn, "KernelSize": list(g("KernelSize")), "k2": k2,
-                      "Channels": g("Channels"), "OutImgDims": list(g("OutImgDims"))})
-    elif op in _ELEMENTWISE:
-        inst = getCustomOp(node)
-        attrs["fn"] = _ELEMENTWISE[op]
-        attrs["out_dtype"] = inst.get_nodeattr("out_dtype")
-        out_shape = list(inst.get_nodeattr("out_shape"))
-        ins = []
-        for i, side in enumerate(("lhs", "rhs")):
-            t = node.input[i]
-            c = model.get_initializer(t)
-            shape = list(inst.get_nodeattr(f"{side}_shape"))
-            if c is not None:
-                full = np.broadcast_to(np.asarray(c).reshape(shape), out_shape)
-                put(side, _int_array(full.reshape(-1), f"{name} {side} constant"))
-                ins.append(None)
-            else:
-                if int(np.prod(shape)) != int(np.prod(out_shape)):
-                    raise GoldenWriteError(f"{name}: broadcasting a streamed {side} "
-                                           f"{shape} -> {out_shape} is not supported")
-                ins.append(t)
-        spec["inputs"] = ins
-    elif op == "LabelSelect":
-        g = getCustomOp(node).get_nodeattr
-        attrs.update({"K": g("K"), "Labels": g("Labels"), "outputDataType": g("outputDataType")})
-    else:
-        raise GoldenWriteError(f"{name}: op {node.op_type} is not supported by the golden model "
-                               f"(supported: MVAU, Thresholding, DuplicateStreams, Elementwise*, "
-                               f"ConvolutionInputGenerator, Pool, LabelSelect, data movement)")
-    spec["out_dtypes"] = [dt(t) for t in node.output]
-    return spec
 
 
 def _dt_name(s) -> str:
@@ -348,22 +148,22 @@ def golden_doc(hw_model, meta: dict | None = None):
         raise GoldenWriteError(f"HW graph has {len(flat.graph.input)} inputs and "
                                f"{len(flat.graph.output)} outputs, expected 1 and 1")
     arrays: dict = {}
-    nodes = [_node_spec(flat, n, k, arrays) for k, n in enumerate(flat.graph.node)]
+    nodes = [node_spec(flat, n, k, arrays) for k, n in enumerate(flat.graph.node)]
     iname, oname = flat.graph.input[0].name, flat.graph.output[0].name
     ishape = list(flat.get_tensor_shape(iname))
     idt = flat.get_tensor_datatype(iname).name
     producer = flat.find_producer(oname)
-    if producer is not None and _base_op(producer.op_type) == "LabelSelect":
+    if producer is not None and base_op(producer.op_type) == "LabelSelect":
         int_tensor = producer.input[0]
         out = {"name": oname, "kind": "labels", "dtype": flat.get_tensor_datatype(oname).name,
                "K": nodes[-1]["attrs"]["K"] if nodes[-1]["outputs"] == [oname] else None,
                "int_tensor": int_tensor,
                "int_dtype": flat.get_tensor_datatype(int_tensor).name,
-               "n_outputs": _flat_size(flat.get_tensor_shape(int_tensor))}
+               "n_outputs": flat_size(flat.get_tensor_shape(int_tensor))}
     else:
         out = {"name": oname, "kind": "int", "dtype": flat.get_tensor_datatype(oname).name,
                "int_tensor": oname, "int_dtype": flat.get_tensor_datatype(oname).name,
-               "n_outputs": _flat_size(flat.get_tensor_shape(oname))}
+               "n_outputs": flat_size(flat.get_tensor_shape(oname))}
     from importlib.metadata import PackageNotFoundError, version
     try:
         finn_version = version("finn-plus")
@@ -378,7 +178,7 @@ def golden_doc(hw_model, meta: dict | None = None):
         m["io"] = driver_io(model)
     doc = {"format": GOLDEN_FORMAT, "meta": m,
            "input": {"name": iname, "shape": ishape, "dtype": idt,
-                     "n_inputs": _flat_size(ishape)},
+                     "n_inputs": flat_size(ishape)},
            "output": out, "nodes": nodes}
     return doc, arrays
 

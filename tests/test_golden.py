@@ -79,7 +79,7 @@ def test_threshold_modes_match_qonnx(monkeypatch):
     from qonnx.custom_op.general.multithreshold import multithreshold
 
     import deploy.sim as S
-    from hw_build.golden import _thresholds
+    from hw_build.golden_nodes import thresholds_int as _thresholds
 
     rng = np.random.default_rng(0)
     cases = []
@@ -235,3 +235,32 @@ def test_read_golden_errors(tmp_path):
     np.savez(tmp_path / "nograph.npz", w=np.zeros(3))
     with pytest.raises(GoldenError, match="no 'graph' entry"):
         read_golden(tmp_path / "nograph.npz")
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 3, 1), (0, 3, 1, 2), (0, 1, 3, 2), None])
+def test_transpose_gather_index_reads_the_ints_attribute(perm):
+    """A Transpose in the HW graph becomes a gather index equal to numpy's transpose (its `perm`
+    is an INTS attribute; without one, ONNX reverses the axes)."""
+    from onnx import TensorProto, helper
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hw_build.golden_nodes import NODE_SPECS
+
+    shape = [1, 2, 3, 4]
+    out_shape = [shape[p] for p in (perm or reversed(range(4)))]
+    kw = {"perm": list(perm)} if perm else {}
+    node = helper.make_node("Transpose", ["x"], ["y"], name="T0", **kw)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)])
+    model = ModelWrapper(helper.make_model(graph))
+    arrays = {}
+    from hw_build.golden_nodes import GoldenWriteError, node_spec
+
+    if perm is None:  # the batch axis moves: refused with a one-line reason
+        with pytest.raises(GoldenWriteError, match="batch axis first"):
+            node_spec(model, node, 0, arrays)
+        return
+    spec = node_spec(model, node, 0, arrays)
+    assert spec["op"] == "Gather" and NODE_SPECS["Transpose"]
+    want = np.transpose(np.arange(24).reshape(shape), perm).reshape(-1)
+    np.testing.assert_array_equal(arrays[spec["arrays"]["index"]], want)
