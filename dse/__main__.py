@@ -142,12 +142,12 @@ def cmd_search(args) -> int:
 def cmd_bench(args) -> int:
     """The benchmark sweeps: all 1-layer variants and a seeded sample of the 2-layer ones, then the report."""
     from dse.report import write_report
-    from dse.sweep import default_sweep_dir, run_sweep
+    from dse.sweep import default_sweep_dir, parse_widths, run_sweep
 
     plan = [(args.widths1, None), (args.widths2, args.sample)]
     timing, dirs = [], []
     for widths, sample in plan:
-        ws = tuple(int(w) for w in widths.split(","))
+        ws = parse_widths(widths)
         out = default_sweep_dir(args.dataset, ws, args.recipe, sample)
         if args.limit:
             out = out.with_name(out.name + f"_l{args.limit}")

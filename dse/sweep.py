@@ -42,15 +42,14 @@ class SweepError(ValueError):
 # ---------------------------------------------------------------------------------------- plan
 
 def parse_widths(widths) -> tuple[int, ...]:
-    if isinstance(widths, str):
-        try:
-            widths = tuple(int(w) for w in widths.split(","))
-        except ValueError:
-            raise SweepError(f"widths must be comma-separated integers, e.g. 128,88; got {widths!r}") from None
-    widths = tuple(int(w) for w in widths)
-    if not 1 <= len(widths) <= 4 or min(widths) < 1:
-        raise SweepError(f"1 to 4 hidden widths >= 1 expected, got {widths}")
-    return widths
+    """train.spec.parse_widths, its error as a SweepError."""
+    from train.spec import SpecError
+    from train.spec import parse_widths as parse
+
+    try:
+        return parse(widths)
+    except SpecError as e:
+        raise SweepError(f"widths: {e}") from None
 
 
 def option_combos(options_grid: dict | None) -> list[dict]:

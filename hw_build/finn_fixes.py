@@ -16,11 +16,9 @@ sent upstream, and a test in tests/test_finn_fixes.py that shows the stock behav
   RoundAndClipThresholds then clips its thresholds. docs/upstream/xnor-accumulator-width.md
 """
 from __future__ import annotations
-
-import math
-
 import numpy as np
 
+from core.bits import bits_for
 from hw_build.finn_env import ensure_finn
 
 ensure_finn()
@@ -333,7 +331,7 @@ def is_xnor_mvau(node) -> bool:
 
 def xnor_acc_type(mw: int) -> DataType:
     """Accumulator of an XNOR-popcount over MW inputs: UINT with ceil(log2(MW + 1)) bits."""
-    return DataType[f"UINT{max(1, math.ceil(math.log2(mw + 1)))}"]
+    return DataType[f"UINT{bits_for(mw)}"]
 
 
 class XnorAccumulatorFix(Transformation):

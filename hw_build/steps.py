@@ -202,8 +202,8 @@ def step_resbin_create_dataflow_partition(model: ModelWrapper,
     return model
 
 
-# The QONNX model -> executable HW graph (FINN Python execution). H4b appends specialize,
-# folding, minimize (use step_resbin_minimize_bit_width again), estimates, codegen, ipgen...
+# The QONNX model -> executable HW graph (FINN Python execution); hw_build.build_steps appends
+# specialize, folding, minimize bit widths again, estimates, golden model, code generation, ...
 HW_GRAPH_STEPS = [
     step_resbin_qonnx_to_finn,
     step_resbin_tidy,

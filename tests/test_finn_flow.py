@@ -128,10 +128,26 @@ def test_stock_xnor_accumulator_is_too_narrow(qn_flow):
     fnode = next(n for n in fixed.graph.node if F.is_xnor_mvau(n))
     assert getCustomOp(fnode).get_nodeattr("accDataType") == "UINT7"
     assert V.check_step("fixed", fixed, ref) == N_CHECK
-    n_diff = int(np.any(V.integer_outputs(stock, ref.x, out_scale=ref.out_scale) != ref.y_int,
-                        axis=1).sum())
-    print(f"stock XNOR accumulator {adt.name} for MW=80: {clipped} thresholds clipped, "
-          f"{n_diff} of {N_CHECK} images changed")
+    # what the clipping does: an input equal to a clipped channel's weights with MW - 64 bits
+    # flipped has popcount 64; it reaches the clipped threshold (64) but not the true one
+    inst, mw = getCustomOp(node), getCustomOp(node).get_nodeattr("MW")
+    c = int(np.argwhere(after != np.ceil(before))[0][0])
+    assert np.ceil(before[c]).max() > 64
+    w = stock.get_initializer(node.input[1])
+    x = w[:, c].copy()
+    x[: mw - 64] = 1 - x[: mw - 64]
+
+    def layer(thresholds):
+        ctx = {node.input[0]: x.reshape(1, mw).astype(np.float32), node.input[1]: w,
+               node.input[2]: thresholds,
+               node.output[0]: np.zeros(stock.get_tensor_shape(node.output[0]), np.float32)}
+        inst.execute_node(ctx, stock.graph)
+        return ctx[node.output[0]].reshape(-1)
+
+    clipped_out, true_out = layer(after), layer(np.ceil(before))
+    print(f"stock XNOR accumulator {adt.name} for MW=80: {clipped} thresholds clipped; channel {c} "
+          f"at popcount 64: {clipped_out[c]:g} instead of {true_out[c]:g}")
+    assert clipped_out[c] != true_out[c]
 
 
 def test_divergence_names_the_step(qn_flow):

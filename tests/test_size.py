@@ -78,9 +78,13 @@ REL_VS_TRUNCATED = {(MNIST, "B-D128N,F"): 397.00}
 EXACT = [r for r in TABLE if (r[0], r[1]) not in {**NAME_TYPOS, **UNEXPLAINED}.keys() | TRUNCATED]
 
 
-def test_table_bookkeeping():
-    assert len(TABLE) == 71 and len(EXACT) == 56
-    assert len({(io, n) for io, n, _, _ in TABLE}) == 71
+def test_every_table_row_is_checked_exactly_once():
+    """Each size of the thesis's tables is pinned by exactly one of the tests below: exactly, as a
+    named typo, as a truncated float size, or as an unexplained row (no row left out, none twice)."""
+    keys = [(io, n) for io, n, _, _ in TABLE]
+    assert len(set(keys)) == len(keys)
+    groups = [{(r[0], r[1]) for r in EXACT}, set(NAME_TYPOS), set(UNEXPLAINED), set(TRUNCATED)]
+    assert sum(map(len, groups)) == len(keys) and set().union(*groups) == set(keys)
 
 
 @pytest.mark.parametrize("name,expected", [("B-128", 17.79), ("F-128,88", 440.32), ("B-D128N,Q", 117.29)])
@@ -124,7 +128,7 @@ def test_table_unexplained_rows(key, ours):
     io, name = key
     kib = next(k for i, n, k, _ in TABLE if (i, n) == key)
     assert f"{thesis_size_kib(name, *io):.2f}" == f"{ours:.2f}"
-    assert abs(ours - kib) <= 4.0
+    assert f"{ours:.2f}" != f"{kib:.2f}"  # still unexplained: the thesis prints another size
 
 
 def test_float_mlp_is_eq12():

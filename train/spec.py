@@ -232,13 +232,16 @@ class ModelSpec:
                    bool(bits[0]), bool(bits[12]))
 
 
-def _parse_widths(widths) -> tuple[int, ...]:
+def parse_widths(widths) -> tuple[int, ...]:
+    """'128,88' (or a sequence of ints) -> (128, 88); SpecError unless 1 to 4 widths >= 1."""
     if isinstance(widths, str):
         try:
             widths = [int(w) for w in widths.split(",")]
         except ValueError:
             raise SpecError(f"widths must be comma-separated integers, e.g. 128,88; got {widths!r}") from None
-    return tuple(widths)
+    widths = tuple(int(w) for w in widths)
+    ModelSpec("B", widths, (False,) * len(widths), (False,) * len(widths))  # 1-4 layers, widths >= 1
+    return widths
 
 
 def enumerate_variants(widths, kind: str = "B") -> list[ModelSpec]:
@@ -253,8 +256,8 @@ def enumerate_variants(widths, kind: str = "B") -> list[ModelSpec]:
     the most significant bit, the final D the least; D/N of absent layers are not counted (they are
     0 in the 13-bit encoding). This gives 7 * 2**(2L) * 2 = 56/224/896 valid variants for L = 1/2/3.
     """
-    widths = _parse_widths(widths)
-    ModelSpec(kind, widths, (False,) * len(widths), (False,) * len(widths))  # validates kind/widths
+    widths = parse_widths(widths)
+    ModelSpec(kind, widths, (False,) * len(widths), (False,) * len(widths))  # validates kind
     n = len(widths)
     n_bits = 5 + 2 * n
     out = []
