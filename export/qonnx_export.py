@@ -62,7 +62,7 @@ def check_export(model, qonnx_path: str | Path, x_uint8: np.ndarray, y=None) -> 
     returns the comparison (max |diff| of logits, counts). Raises ExportError otherwise."""
     import torch
 
-    from hw_build.verify import execute, output_scale
+    from export.qonnx_exec import execute, output_scale
 
     x = np.asarray(x_uint8)
     with torch.no_grad():
@@ -99,7 +99,7 @@ def export_run(run_dir: str | Path, n_check: int = 1000, progress: bool = False)
     from train.spec import SpecError
     from train.trainer import TrainError, load_run
 
-    from hw_build.verify import VerifyError, load_test_set
+    from export.qonnx_exec import ExecError, load_test_set
 
     run = Path(run_dir)
     if int(n_check) < 1:
@@ -114,7 +114,7 @@ def export_run(run_dir: str | Path, n_check: int = 1000, progress: bool = False)
                           "binary model with no shortcut, P or Q")
     try:
         x_test, y_test = load_test_set(run)
-    except (VerifyError, OSError) as e:
+    except (ExecError, OSError) as e:
         raise ExportError(f"{run}: cannot load the test images ({e})") from None
     except Exception as e:  # the data module's own DataError
         raise ExportError(f"{run}: cannot load the test images ({e})") from None

@@ -89,7 +89,7 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
     equal to QONNX, n_images, seconds, images_per_s, cppsim}; writes sim.json in the build dir.
     Raises SimulationError if any image differs."""
     from hw_build.steps import HW_GRAPH_FILE
-    from hw_build.verify import QONNX_FILE, _int_tensor, execute, integer_outputs, load_test_set
+    from hw_build.verify import QONNX_FILE, execute, int_output_tensor, integer_outputs, load_test_set
 
     limit = n if limit is None else limit
     build_dir, run_dir = find_build_dir(path)
@@ -103,7 +103,7 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
     from qonnx.core.modelwrapper import ModelWrapper
 
     hw = ModelWrapper(str(build_dir / HW_GRAPH_FILE))
-    int_name, _ = _int_tensor(hw)
+    int_name, _ = int_output_tensor(hw)
     out_name = hw.graph.output[0].name
     res = execute(hw, x, [int_name, out_name] if int_name != out_name else [out_name], progress)
     hw_int = res[int_name].astype(np.int64)

@@ -7,8 +7,6 @@ integers because ResBin's output quantizers have power-of-two scales.
 """
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +19,16 @@ ensure_finn()
 import finn.core.onnx_exec as oxe  # noqa: E402
 from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
 
+from export import qonnx_exec  # noqa: E402
+from export.qonnx_exec import (QONNX_FILE, as_model, batched_copy, load_test_set,  # noqa: E402
+                               output_scale, qonnx_output_scale)
+
 __all__ = ["DivergenceError", "VerifyError", "Reference", "reference_batch", "integer_outputs",
-           "execute", "batched_copy", "output_scale", "check_step", "verified", "load_test_set", "REFERENCE_FILE"]
+           "execute", "batched_copy", "output_scale", "check_step", "load_test_set", "REFERENCE_FILE",
+           "int_output_tensor", "QONNX_FILE"]
 
 REFERENCE_FILE = "reference.npz"
-QONNX_FILE = "model.qonnx.onnx"
-
-
-class VerifyError(RuntimeError):
-    """A graph or run folder the checks cannot read (one-line message)."""
+VerifyError = qonnx_exec.ExecError  # a graph or run folder the checks cannot read (one line)
 
 
 class DivergenceError(RuntimeError):
@@ -68,29 +67,7 @@ class Reference:
 
 # ------------------------------------------------------------------ executing graphs
 
-def _model(model) -> ModelWrapper:
-    return model if isinstance(model, ModelWrapper) else ModelWrapper(str(model))
-
-
-def _output_scale_qonnx(model: ModelWrapper, out: str) -> float | None:
-    """s_act * s_weight of a QONNX graph ending in Gemm/MatMul of two Quant outputs (no bias)."""
-    prod = model.find_producer(out)
-    if prod is None or prod.op_type not in ("Gemm", "MatMul") or len(prod.input) > 2 \
-            and prod.input[2]:
-        return None
-    scales = []
-    for t in prod.input[:2]:
-        q = model.find_producer(t)
-        if q is None or q.op_type != "Quant":
-            return None
-        s = model.get_initializer(q.input[1])
-        if s is None or s.size != 1:
-            return None
-        scales.append(float(s.reshape(())))
-    return scales[0] * scales[1]
-
-
-def _int_tensor(model: ModelWrapper, out_scale: float | None = None) -> tuple[str, float]:
+def int_output_tensor(model: ModelWrapper, out_scale: float | None = None) -> tuple[str, float]:
     """(tensor holding the integer outputs, divisor) for a QONNX, FINN or HW graph.
 
     Graphs that end in float logits (QONNX, or FINN before streamlining) are divided by the
@@ -105,7 +82,7 @@ def _int_tensor(model: ModelWrapper, out_scale: float | None = None) -> tuple[st
         raise VerifyError("a dataflow parent graph: execute its child (hw_graph.onnx) instead")
     if prod.op_type.startswith("MVAU"):
         return out, 1.0
-    s = _output_scale_qonnx(model, out)
+    s = qonnx_output_scale(model, out)
     if s is not None:
         return out, s
     if out_scale is not None:
@@ -115,113 +92,18 @@ def _int_tensor(model: ModelWrapper, out_scale: float | None = None) -> tuple[st
     raise VerifyError(f"cannot find the integer output of this graph (ends in {prod.op_type})")
 
 
-def batched_copy(model: ModelWrapper, n: int) -> ModelWrapper:
-    """Copy of a batch-1 graph that takes `n` images at once (the layers are row-wise)."""
-    import copy
-
-    from qonnx.custom_op.registry import getCustomOp
-
-    b = ModelWrapper(copy.deepcopy(model.model))
-    inits = {i.name for i in b.graph.initializer}
-    for node in b.graph.node:
-        names = {a.name for a in node.attribute}
-        if node.domain.startswith("finn.custom_op.fpgadataflow"):
-            inst = getCustomOp(node)
-            if "numInputVectors" in names:
-                v = list(inst.get_nodeattr("numInputVectors"))
-                if v and v[0] == 1:
-                    inst.set_nodeattr("numInputVectors", [n] + v[1:])
-            for k in ("lhs_shape", "rhs_shape", "out_shape"):
-                if k in names:
-                    v = list(inst.get_nodeattr(k))
-                    if v and v[0] == 1:
-                        inst.set_nodeattr(k, [n] + v[1:])
-        elif node.op_type == "Reshape" and b.get_initializer(node.input[1]) is not None:
-            shp = b.get_initializer(node.input[1]).copy()
-            if shp.size and shp[0] == 1:
-                shp[0] = n
-                b.set_initializer(node.input[1], shp)
-    for vi in list(b.graph.input) + list(b.graph.output) + list(b.graph.value_info):
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name not in inits and dims and dims[0].dim_value == 1:
-            dims[0].dim_value = n
-    return b
-
-
-def _execute_rows(model: ModelWrapper, x: np.ndarray, tensors: list[str], full: bool) -> dict:
-    inp = model.graph.input[0].name
-    shape = model.get_tensor_shape(inp)
-    res = {t: [] for t in tensors}
-    for row in x:
-        ctx = oxe.execute_onnx(model, {inp: row.astype(np.float32).reshape(shape)},
-                               return_full_exec_context=full)
-        for t in tensors:
-            res[t].append(np.asarray(ctx[t]).reshape(-1))
-    return {t: np.stack(v) for t, v in res.items()}
-
-
 def execute(model, x: np.ndarray, tensors: list[str] | None = None, progress: bool = False,
             batch: int = 500) -> dict:
-    """Run a batch-1 graph on the rows of `x` with FINN's Python execution; returns
-    {tensor: (N, ...) array} for `tensors` (default: the graph output).
-
-    Rows go through a batched copy of the graph (`batch` at a time, ~30x faster); the first
-    rows are also run one by one and must agree exactly, else (or if batching fails) every row
-    runs alone."""
-    from tqdm import tqdm
-
-    model = _model(model)
-    x = np.asarray(x)
-    tensors = tensors or [model.graph.output[0].name]
-    full = any(t != model.graph.output[0].name for t in tensors)
-    n_probe = min(3, len(x))
-    probe = _execute_rows(model, x[:n_probe], tensors, full)
-    out = {t: [] for t in tensors}
-    bar = tqdm(total=len(x), disable=not progress, unit="img", leave=False)
-    bmodels: dict[int, ModelWrapper] = {}
-    try:
-        for i in range(0, len(x), batch):
-            chunk = x[i:i + batch]
-            bm = bmodels.get(len(chunk)) or bmodels.setdefault(len(chunk),
-                                                                batched_copy(model, len(chunk)))
-            shape = bm.get_tensor_shape(bm.graph.input[0].name)
-            ctx = oxe.execute_onnx(bm, {bm.graph.input[0].name:
-                                        chunk.astype(np.float32).reshape(shape)},
-                                   return_full_exec_context=full)
-            for t in tensors:
-                out[t].append(np.asarray(ctx[t]).reshape(len(chunk), -1))
-            if i == 0 and not all(np.array_equal(out[t][0][:n_probe], probe[t]) for t in tensors):
-                raise ValueError("batched execution differs from row-wise execution")
-            bar.update(len(chunk))
-        return {t: np.concatenate(v) for t, v in out.items()}
-    except Exception:  # noqa: BLE001 - any failure of the batched copy: run the rows alone
-        bar.reset()
-        res = {t: [] for t in tensors}
-        for row in x:
-            r = _execute_rows(model, row[None], tensors, full)
-            for t in tensors:
-                res[t].append(r[t][0])
-            bar.update(1)
-        return {t: np.stack(v) for t, v in res.items()}
-    finally:
-        bar.close()
-
-
-def output_scale(model) -> float:
-    """Scale of a QONNX model's logits: logits = integer outputs * scale."""
-    model = _model(model)
-    s = _output_scale_qonnx(model, model.graph.output[0].name)
-    if s is None:
-        raise VerifyError("the QONNX model does not end in a Gemm/MatMul of two Quant outputs")
-    return s
+    """export.qonnx_exec.execute with FINN's Python execution (HW layers, partitions)."""
+    return qonnx_exec.execute(model, x, tensors, progress, batch, execute_onnx=oxe.execute_onnx)
 
 
 def integer_outputs(model, x_uint8: np.ndarray, progress: bool = False,
                     out_scale: float | None = None) -> np.ndarray:
     """Integer outputs (N, n_out) of a QONNX/FINN/HW graph, before the final float scale
     (`out_scale`: the QONNX model's, for FINN graphs that still end in float logits)."""
-    model = _model(model)
-    name, div = _int_tensor(model, out_scale)
+    model = as_model(model)
+    name, div = int_output_tensor(model, out_scale)
     y = execute(model, x_uint8, [name], progress)[name].astype(np.float64) / div
     yi = np.rint(y)
     if not np.array_equal(y, yi):
@@ -232,19 +114,6 @@ def integer_outputs(model, x_uint8: np.ndarray, progress: bool = False,
 
 
 # ------------------------------------------------------------------ reference and checks
-
-def load_test_set(run_dir: str | Path):
-    """(x_test uint8, y_test) of the data set a run was trained on (from its config.json)."""
-    from train.data import load_dataset
-
-    cfg_path = Path(run_dir) / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise VerifyError(f"{cfg_path}: cannot read the run's config ({e})") from None
-    ds = load_dataset(config["dataset"], config.get("data_dir"), download=False)
-    return ds.x_test, ds.y_test
-
 
 def reference_batch(source, n: int = 200, qonnx_model=None, progress: bool = False) -> Reference:
     """Reference for the checks: the first `n` test images and the QONNX integer outputs.
@@ -277,16 +146,3 @@ def check_step(name: str, model, ref: Reference) -> int:
         i = int(np.argmax(diff))
         raise DivergenceError(name, int(diff.sum()), len(want), int(ref.indices[i]), got[i], want[i])
     return len(want)
-
-
-def verified(step, ref: Reference | str | Path):
-    """Wrap a FINN build step so that its result is checked against `ref` (a Reference or the
-    path of reference.npz); keeps the step's __name__ (FINN names checkpoints after it)."""
-    @functools.wraps(step)
-    def run(model, cfg):
-        r = ref if isinstance(ref, Reference) else Reference.load(ref)
-        model = step(model, cfg)
-        check_step(step.__name__, model, r)
-        return model
-    return run
-

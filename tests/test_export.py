@@ -40,7 +40,7 @@ def test_tampered_model_is_an_error(run, tmp_path):
     """A QONNX model that disagrees with PyTorch is refused, naming the count and first image."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from hw_build.verify import load_test_set
+    from export.qonnx_exec import load_test_set
     from train.trainer import load_run
 
     export_run(run, n_check=50)
@@ -180,3 +180,18 @@ def test_exported_batchnorm_constants_are_the_ones_torch_uses(tmp_path):
         ieee_a = bn.weight.detach().numpy() / np.sqrt(var.astype(np.float64)).astype(np.float32)
         off_ieee += int((ieee_a != a).sum())
     assert off_ieee > 0  # the case the workaround exists for is present in this model
+
+
+def test_export_starts_no_finn():
+    """The pipeline runs train -> export -> hw_build: exporting (and its QONNX execution) must
+    not import FINN (a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, export.qonnx_export, export.qonnx_exec; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'finn', 'hw_build', 'deploy'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
