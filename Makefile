@@ -15,6 +15,7 @@ LIMIT      ?=
 SAMPLE     ?=
 SWEEP      ?=
 RUN        ?=
+DIST       ?= dist
 # build options the thesis held fixed (default: the model's defaults)
 INPUT_BITS ?=
 SHORTCUT_BITS ?=
@@ -90,8 +91,8 @@ sim: train        ## main command: train, export, compile and simulate the accel
 bitstream: train  ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
 	$(PY) -m hw_build bitstream --run $(run_dir) $(hw_args)
 
-deploy: sim       ## the PYNQ board package of the BOARD/TARGET_FPS/FOLDING build in dist/ (FORCE=1: drop another build's results/)
-	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out dist $(hw_args) $(if $(FORCE),--force)
+deploy: sim       ## the PYNQ board package of the BOARD/TARGET_FPS/FOLDING build in DIST (FORCE=1: drop another build's results/)
+	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out $(DIST) $(hw_args) $(if $(FORCE),--force)
 
 sweep: $(STAMP)  ## train every variant of WIDTHS (SAMPLE=N of them, LIMIT=N images), resumable, parallel (Ray)
 	$(PY) -m dse sweep --dataset $(DATASET) --widths $(WIDTHS) $(if $(RECIPE),--recipe $(RECIPE)) \
