@@ -185,18 +185,23 @@ def _package_name(name, data_name: str, run_slug: str, build: Path) -> str:
     return name
 
 
-def _keep_results(final: Path, root: Path, build_id: str, force: bool) -> None:
+def _build_key(manifest: dict) -> str:
+    # the build id names the integer model; two foldings of one model share it
+    return f"{manifest.get('build_id')} ({manifest.get('board')}, {manifest.get('target')})"
+
+
+def _keep_results(final: Path, root: Path, force: bool) -> None:
     """Carry <final>/results/ into the new package of the same build; another build's results
     are refused unless `force` (then dropped)."""
     old = final / "results"
     if not old.is_dir() or not any(old.iterdir()):
         return
-    old_id = (_read_json(final / MANIFEST) or {}).get("build_id")
-    if old_id == build_id:
+    was, now = _build_key(_read_json(final / MANIFEST) or {}), _build_key(_read_json(root / MANIFEST))
+    if was == now:
         shutil.copytree(old, root / "results")
     elif not force:
-        raise PackageError(f"{old} holds validation results of build {old_id}, the new package is "
-                           f"build {build_id}: move them away or pass --force to delete them")
+        raise PackageError(f"{old} holds validation results of build {was}, the new package is "
+                           f"build {now}: move them away or pass --force to delete them")
 
 
 def build_package(build, dataset: str | None = None, out="dist", name: str | None = None,
@@ -222,7 +227,7 @@ def build_package(build, dataset: str | None = None, out="dist", name: str | Non
         shutil.rmtree(root)
     try:
         _assemble(root, build, g, golden_src, model, dataset, data_name, data_dir, name, fits)
-        _keep_results(final, root, g.build_id, force)
+        _keep_results(final, root, force)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -239,6 +239,17 @@ def test_pynq_driver_on_fake_board(pkg, tmp_path, monkeypatch):
     np.testing.assert_array_equal(acc.execute(x[:5].reshape(5, 28, 28)), want[:5])
     with pytest.raises(AcceleratorInputError, match="exceeds the allocated buffers"):
         acc.execute(x[:129])
+    # wrong-sized arrays and counts on every public entry point: one-line errors
+    for call, msg in ((lambda: acc.pack_input(x[:3, :700]), r"input shape \(3, 700\), expected \(N, 784\)"),
+                      (lambda: acc.pack_input(x[:3].astype(np.int16)), "dtype int16"),
+                      (lambda: acc.unpack_output(np.zeros((2, 5), np.uint8)), r"output buffer uint8 \(2, 5\)"),
+                      (lambda: acc.unpack_output([1, 2]), "output buffer list"),
+                      (lambda: acc.execute_on_buffers(0), "images 0: expected a whole number >= 1"),
+                      (lambda: acc.execute_on_buffers(129), "exceeds the allocated buffers"),
+                      (lambda: setattr(acc, "batch_size", 2.5), "batch_size 2.5: expected a whole number")):
+        with pytest.raises(AcceleratorInputError, match=msg) as e:
+            call()
+        assert "\n" not in str(e.value)
     acc.batch_size = 300
     np.testing.assert_array_equal(acc.execute(x), board.sim.execute(x))
     with pytest.raises(BoardError, match="labels only"):
@@ -390,6 +401,12 @@ def test_accelerator_input_checks(pkg):
     for arr, msg in bad:
         with pytest.raises(AcceleratorInputError, match=msg):
             sim.execute(arr)
+    for kw, msg in ((dict(batch_size="8"), "batch_size '8'"), (dict(batch_size=0), "batch_size 0"),
+                    (dict(chunk=-1), "chunk -1")):
+        with pytest.raises(AcceleratorInputError, match=msg):
+            SimAccelerator(pkg / "golden.npz", **kw)
+    with pytest.raises(AcceleratorInputError, match=r"input shape \(2, 28, 29\)"):
+        sim.execute(np.zeros((2, 28, 29), np.uint8))
 
 
 def test_package_cli_bad_inputs(tmp_path):

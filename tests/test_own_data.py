@@ -226,10 +226,10 @@ def _stamp() -> str:
     return f".venv/.resbin-lock-{h.hexdigest()[:16]}"
 
 
-def make_deploy(work: Path, dataset: str, *variables: str) -> subprocess.CompletedProcess:
+def make_deploy(work: Path, dataset: str, *variables: str, model: str = "B-16N,QN") -> subprocess.CompletedProcess:
     """`make deploy` as a user runs it (runs and packages inside `work`; setup not re-run)."""
     env = {**os.environ, "RESBIN_RUNS": str(work / "runs"), "OMP_NUM_THREADS": "1"}
-    cmd = ["make", "-s", "-o", _stamp(), "deploy", f"DATASET={dataset}", "MODEL=B-16N,QN", "RECIPE=thesis",
+    cmd = ["make", "-s", "-o", _stamp(), "deploy", f"DATASET={dataset}", f"MODEL={model}", "RECIPE=thesis",
            "EPOCHS=1", f"DIST={work / 'dist'}", *variables]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -315,7 +315,8 @@ def idx_chain(tmp_path_factory):
     d = write_idx(work / "a" / "data", *images())
     (d / "sub").mkdir()
     dataset = f"idx:{d}/sub/.."
-    r = make_deploy(work, dataset, "VAL=0.2")
+    # B-32N,QN: the fastest folding fits the Z2 ("auto"), the fully parallel one (1e12 fps) does not
+    r = make_deploy(work, dataset, "VAL=0.2", model="B-32N,QN")
     assert r.returncode == 0, r.stderr[-4000:]
     return work, dataset, check_chain(work, dataset, n_test=100)
 
@@ -324,7 +325,7 @@ def idx_chain(tmp_path_factory):
 def test_idx_set_through_make_deploy_validate_notebook(idx_chain):
     work, dataset, c = idx_chain
     cfg = json.loads((c["run"] / "config.json").read_text())
-    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (dataset, 0.2, 60, "B-16N_QN__val0p2")
+    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (dataset, 0.2, 60, "B-32N_QN__val0p2")
     assert (work / "runs").resolve() in c["run"].resolve().parents
     assert not (REPO / "dist" / c["pkg"].name).exists()
 
@@ -343,3 +344,143 @@ def test_npz_set_through_make_deploy_validate_notebook(tmp_path):
     m = json.loads((c["pkg"] / "manifest.json").read_text())
     assert m["image_shape"] is None and c["slug"].startswith("npz-my_data-")
     assert json.loads((c["run"] / "config.json").read_text())["n_val"] == 40
+
+
+def package_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy.package", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_line_error(r) -> str:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def no_fit_build(idx_chain) -> Path:
+    """`make estimate ... TARGET_FPS=1e12` after the chain: a newer build that does not fit (exit 4)."""
+    run = idx_chain[2]["run"]
+    r = subprocess.run([sys.executable, "-m", "hw_build", "estimate", "--run", str(run), "--target-fps", "1e12",
+                        "--verify-n", "0", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 4, r.stderr[-2000:]
+    return run / "hw" / "Pynq-Z2-fps1e12"
+
+
+@pytest.mark.finn
+def test_deploy_packages_the_named_build_not_the_newest(idx_chain, no_fit_build, tmp_path):
+    """Issue 11, worst case 1: a newer build that does not fit must not be packaged by default."""
+    work, _, c = idx_chain
+    run = c["run"]
+    newest = max(run.glob("hw/*/golden.npz"), key=lambda p: p.stat().st_mtime)
+    assert newest.parent.name == "Pynq-Z2-fps1e12"
+    auto = json.loads((c["build"] / "report.json").read_text())
+    r = package_cli("--build", run, "--board", "Pynq-Z2", "--out", tmp_path, "--no-zip")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((one(tmp_path) / "manifest.json").read_text())
+    assert (m["target"], m["fits"], m["estimated_fps"]) == ("auto", True, auto["estimated_fps"])
+    # the non-fitting build: refused unless asked for explicitly; then the package says so
+    msg = one_line_error(package_cli("--build", run, "--target-fps", "1e12", "--out", tmp_path / "x"))
+    assert "Pynq-Z2-fps1e12: the design does not fit Pynq-Z2 (LUT" in msg and "--allow-no-fit" in msg
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    r = package_cli("--build", run, "--target-fps", "1e12", "--allow-no-fit", "--out", tmp_path / "x", "--no-zip")
+    assert r.returncode == 0 and "does NOT fit" in r.stdout, r.stderr
+    p = one(tmp_path / "x")
+    m = json.loads((p / "manifest.json").read_text())
+    assert (m["target"], m["fits"], m["board"]) == ("fps1e12", False, "Pynq-Z2")
+    assert "target `fps1e12`" in (p / "README.md").read_text() and \
+        "**does NOT fit the board**" in (p / "README.md").read_text()
+    # a build folder the options do not name, and a build that does not exist
+    assert "is a build for target fps1e12, not fps1e5" in one_line_error(
+        package_cli("--build", newest.parent, "--target-fps", "1e5", "--out", tmp_path / "y"))
+    assert "no build for Pynq-Z2 at fps1e5 (this run has Pynq-Z2-auto, Pynq-Z2-fps1e12)" in one_line_error(
+        package_cli("--build", run, "--target-fps", "1e5", "--out", tmp_path / "y"))
+
+
+@pytest.mark.finn
+def test_redeploy_keeps_validation_results(idx_chain, no_fit_build, tmp_path):
+    """Issue 11, worst case 4a: a second `deploy` keeps results/ of the same build; another
+    build's results are refused without --force."""
+    work, _, c = idx_chain
+    pkg = tmp_path / "dist" / c["pkg"].name
+    shutil.copytree(c["pkg"], pkg)
+    r = subprocess.run([sys.executable, "-m", "deploy.validate", "--package", str(pkg), "--limit", "10"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = pkg / "results" / f"validate-{c['slug']}-sim.json"
+    before = result.read_bytes()
+    r = package_cli("--build", c["run"], "--out", tmp_path / "dist")
+    assert r.returncode == 0, r.stderr
+    assert result.read_bytes() == before
+    assert not any("results/" in n for n in zipfile.ZipFile(f"{pkg}.zip").namelist())
+    # the same package name for another build (another folding of the same model)
+    other = ["--build", c["run"], "--target-fps", "1e12", "--allow-no-fit", "--name", pkg.name,
+             "--out", tmp_path / "dist"]
+    msg = one_line_error(package_cli(*other))
+    assert "results holds validation results of build" in msg and "(Pynq-Z2, auto)" in msg and "--force" in msg
+    assert result.read_bytes() == before
+    r = package_cli(*other, "--force")
+    assert r.returncode == 0, r.stderr
+    assert not (pkg / "results").exists()
+    assert json.loads((pkg / "manifest.json").read_text())["target"] == "fps1e12"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.finn
+def test_package_files_and_labels_are_checked(idx_chain, tmp_path):
+    """Issue 11, worst case 5 in the package: every file's sha256, labels 0..n_classes-1, and a
+    test set of the wrong width, each a one-line error of deploy.validate (board runtime only)."""
+    _, _, c = idx_chain
+    slug, src = c["slug"], c["pkg"]
+    y = np.load(src / "data" / f"{slug}_test_y.npy")
+    x = np.load(src / "data" / f"{slug}_test_x.npy")
+
+    def variant(name: str, file: str, write, update_sha: bool = True) -> Path:
+        p = tmp_path / name
+        shutil.copytree(src, p)
+        write(p / file)
+        if update_sha:
+            m = json.loads((p / "manifest.json").read_text())
+            m["sha256"][file] = _sha(p / file)
+            (p / "manifest.json").write_text(json.dumps(m))
+        return p
+
+    def validate(p: Path) -> str:
+        return one_line_error(run_blocked("deploy.validate", ["--backend", "sim"], cwd=p))
+
+    yfile, xfile = f"data/{slug}_test_y.npy", f"data/{slug}_test_x.npy"
+    bad = y.copy()
+    bad[0] = 250
+    p = variant("tampered", yfile, lambda f: np.save(f, bad), update_sha=False)
+    assert f"{slug}_test_y.npy: not the file of build" in validate(p)
+    for v, span in ((-1, "-1..2"), (250, "0..250")):
+        bad = y.copy()
+        bad[3] = v
+        p = variant(f"label{v}", yfile, lambda f: np.save(f, bad))
+        assert f"labels {span}, expected 0..2 (manifest n_classes 3)" in validate(p)
+    p = variant("narrow", xfile, lambda f: np.save(f, x[:, :63]))
+    assert "input shape (100, 63), expected (N, 64)" in validate(p)
+    p = variant("truncated", xfile, lambda f: f.write_bytes(f.read_bytes()[:3000]))
+    assert "unreadable test set" in validate(p)
+    p = variant("golden", "golden.npz", lambda f: f.write_bytes(f.read_bytes()[:5000]), update_sha=False)
+    assert "golden.npz: not a readable golden.npz" in validate(p)
+    assert "test set not found" in validate(variant("gone", xfile, lambda f: f.unlink(), update_sha=False))
+    # the original data-set string names the same test set
+    r = run_blocked("deploy.validate", ["--dataset", json.loads((src / "manifest.json").read_text())["dataset"],
+                                        "--limit", "5", "--out", str(tmp_path / "r.json")], cwd=src)
+    assert r.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["dataset"] == slug, r.stderr
+
+
+@pytest.mark.finn
+def test_package_names_and_data_set_checked(idx_chain, tmp_path):
+    _, _, c = idx_chain
+    for name in ("../evil", ".hidden", "a/b"):
+        assert "use letters, digits" in one_line_error(package_cli("--build", c["run"], "--name", name,
+                                                                    "--out", tmp_path / "dist"))
+    assert not (tmp_path / "evil").exists()
+    msg = one_line_error(package_cli("--build", c["run"], "--dataset", "mnist", "--out", tmp_path / "dist"))
+    assert "--dataset mnist: the build's model was trained on idx:" in msg
