@@ -468,7 +468,8 @@ def test_package_files_and_labels_are_checked(idx_chain, tmp_path):
     assert "unreadable test set" in validate(p)
     p = variant("golden", "golden.npz", lambda f: f.write_bytes(f.read_bytes()[:5000]), update_sha=False)
     assert "golden.npz: not a readable golden.npz" in validate(p)
-    assert "test set not found" in validate(variant("gone", xfile, lambda f: f.unlink(), update_sha=False))
+    assert f"{slug}_test_x.npy: missing (listed in manifest.json)" in validate(
+        variant("gone", xfile, lambda f: f.unlink(), update_sha=False))
     # the original data-set string names the same test set
     r = run_blocked("deploy.validate", ["--dataset", json.loads((src / "manifest.json").read_text())["dataset"],
                                         "--limit", "5", "--out", str(tmp_path / "r.json")], cwd=src)
