@@ -470,6 +470,8 @@ def test_package_files_and_labels_are_checked(idx_chain, tmp_path):
     assert "golden.npz: not a readable golden.npz" in validate(p)
     assert f"{slug}_test_x.npy: missing (listed in manifest.json)" in validate(
         variant("gone", xfile, lambda f: f.unlink(), update_sha=False))
+    assert "--limit 0: expected at least 1 image" in one_line_error(
+        run_blocked("deploy.validate", ["--limit", "0"], cwd=src))
     # the original data-set string names the same test set
     r = run_blocked("deploy.validate", ["--dataset", json.loads((src / "manifest.json").read_text())["dataset"],
                                         "--limit", "5", "--out", str(tmp_path / "r.json")], cwd=src)
