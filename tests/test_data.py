@@ -509,6 +509,6 @@ def test_cli(mnist_dir, tmp_path, capsys):
     assert main(["fetch", "mnist", "--data-dir", str(mnist_dir), "--no-download"]) == 0
     out = capsys.readouterr().out
     assert "(50000, 784)" in out and "(10000, 784)" in out
-    assert main(["fetch", "mnist", "--data-dir", str(tmp_path), "--no-download"]) == 1
+    assert main(["fetch", "mnist", "--data-dir", str(tmp_path), "--no-download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "train-images-idx3-ubyte.gz: missing" in err

@@ -80,6 +80,10 @@ def test_npz_loads_images_text_and_explicit_validation(tmp_path):
     ds = load_dataset(f"npz:{p}")
     assert (ds.input_max, ds.image_shape, ds.n_outputs, ds.x_train.dtype) == (1, None, 1, np.uint8)
     assert dataset_info(f"npz:{p}") == (20, 1, 1, None)
+    from train.data import main as data_main
+
+    assert data_main(["info", f"npz:{p}"]) == 0 and data_main(["fetch", f"npz:{p}"]) == 0
+    assert data_main(["fetch", f"npz:{tmp_path / 'nope.npz'}"]) == 2
 
 
 NPZ_BAD = {

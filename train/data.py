@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print(ds.summary())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
