@@ -1,6 +1,7 @@
 # ResBin: the user's verbs. Wiring only: every target calls a stage's CLI (python -m <stage>).
 # Variables (override on the command line, e.g. `make sim DATASET=mnist MODEL="B-D128N,PN"`):
 DATASET    ?= mnist
+VAL        ?=
 MODEL      ?= B-D128N,D88N,D88N,QN,D
 RECIPE     ?=
 EPOCHS     ?=
@@ -14,6 +15,7 @@ LIMIT      ?=
 SAMPLE     ?=
 SWEEP      ?=
 RUN        ?=
+DIST       ?= dist
 # build options the thesis held fixed (default: the model's defaults)
 INPUT_BITS ?=
 SHORTCUT_BITS ?=
@@ -31,7 +33,7 @@ STAMP  := $(VENV)/.resbin-lock-$(shell cat env/requirements.lock env/finn-plus.t
 opt_args   = $(if $(INPUT_BITS),--input-bits $(INPUT_BITS)) $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS)) \
              $(if $(ADD_BITS),--add-bits $(ADD_BITS)) $(if $(OUTPUT_BITS),--output-bits $(OUTPUT_BITS)) \
              $(if $(POOL_WINDOW),--pool-window $(POOL_WINDOW)) $(if $(POOL_MODE),--pool-mode $(POOL_MODE))
-train_args = --dataset $(DATASET) --model "$(MODEL)" --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) \
+train_args = --dataset $(DATASET) $(if $(VAL),--val $(VAL)) --model "$(MODEL)" --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) \
              $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args) $(if $(RUN),--run-dir $(RUN))
 hw_args    = --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) \
              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(if $(FOLDING),--folding $(FOLDING))
@@ -89,8 +91,8 @@ sim: train        ## main command: train, export, compile and simulate the accel
 bitstream: train  ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
 	$(PY) -m hw_build bitstream --run $(run_dir) $(hw_args)
 
-deploy: sim       ## assemble the PYNQ board package in dist/ (bitfile if built, golden model, test set, notebook)
-	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out dist
+deploy: sim       ## the PYNQ board package of the BOARD/TARGET_FPS/FOLDING build in DIST (FORCE=1: drop another build's results/)
+	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out $(DIST) $(hw_args) $(if $(FORCE),--force)
 
 sweep: $(STAMP)  ## train every variant of WIDTHS (SAMPLE=N of them, LIMIT=N images), resumable, parallel (Ray)
 	$(PY) -m dse sweep --dataset $(DATASET) --widths $(WIDTHS) $(if $(RECIPE),--recipe $(RECIPE)) \

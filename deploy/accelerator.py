@@ -8,6 +8,15 @@ class AcceleratorInputError(ValueError):
     """Input of the wrong dtype, shape, value range or batch size for the accelerator."""
 
 
+def positive_int(value, what: str, allow_none: bool = False):
+    """`value` as an int >= 1 (or None where allowed), else AcceleratorInputError naming `what`."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AcceleratorInputError(f"{what} {value!r}: expected a whole number >= 1")
+    return int(value)
+
+
 class Accelerator:
     """execute(x_uint8) -> labels (N,); execute_int(x_uint8) -> int logits of the last MVAU.
 
@@ -44,7 +53,7 @@ class Accelerator:
             raise AcceleratorInputError(f"input shape {x.shape}, expected {want}")
         if flat.shape[0] == 0:
             raise AcceleratorInputError("input holds no images (N = 0)")
-        if self.batch_size is not None and flat.shape[0] > self.batch_size:
+        if self.batch_size is not None and flat.shape[0] > positive_int(self.batch_size, "batch_size"):
             raise AcceleratorInputError(
                 f"batch of {flat.shape[0]} images exceeds the allocated buffers "
                 f"({self.batch_size} images); split it or create the accelerator with "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,8 @@ def read_golden(path) -> Golden:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise GoldenError(f"{path}: not a readable golden.npz ({e})") from None
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise GoldenError(f"{path}: not a readable golden.npz ({type(e).__name__}: {e})") from None
     if "graph" not in arrays:
         raise GoldenError(f"{path}: no 'graph' entry (expected a golden.npz written by "
                           f"hw_build.golden.write_golden)")

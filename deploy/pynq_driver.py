@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.accelerator import Accelerator, AcceleratorInputError
+from deploy.accelerator import Accelerator, AcceleratorInputError, positive_int
 from deploy.golden import GoldenError, dtype, read_golden
 from deploy.packing import pack, unpack
 from deploy.sim import labels_from_int
@@ -108,9 +108,8 @@ class PynqAccelerator(Accelerator):
 
     @batch_size.setter
     def batch_size(self, n: int):
-        if n < 1:
-            raise AcceleratorInputError(f"batch_size {n} must be >= 1")
-        self._batch_size = int(n)
+        n = positive_int(n, "batch_size")
+        self._batch_size = n
         if self._bufs_for == n:
             return
         self.ibuf = self._allocate(shape=(n,) + self.ishape_packed[1:], dtype=np.uint8,
@@ -121,17 +120,24 @@ class PynqAccelerator(Accelerator):
 
     # --- packing (FINN IODMA layout) ---------------------------------------------------------
     def pack_input(self, x: np.ndarray) -> np.ndarray:
+        """(N, n_inputs) uint8 (checked: shape, dtype, range, batch) -> FINN's packed input."""
+        x = self.check_input(x)
         folded = x.reshape((x.shape[0],) + self.ishape_folded[1:])
         return pack(folded, self.idt)
 
     def unpack_output(self, buf: np.ndarray) -> np.ndarray:
+        want = tuple(self.oshape_packed[1:])
+        if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != len(want) + 1 \
+                or tuple(buf.shape[1:]) != want:
+            got = f"{buf.dtype} {buf.shape}" if isinstance(buf, np.ndarray) else type(buf).__name__
+            raise AcceleratorInputError(f"output buffer {got}, expected uint8 (N, {', '.join(map(str, want))})")
         vals = unpack(buf, self.odt, self.oshape_folded[-1])
         return vals.reshape((buf.shape[0],) + self.oshape_normal[1:])
 
     # --- DMA ---------------------------------------------------------------------------------
     def execute_on_buffers(self, n: int | None = None):
         """Run n images (default: batch_size) from the input buffer into the output buffer."""
-        n = self.batch_size if n is None else n
+        n = self.batch_size if n is None else positive_int(n, "images")
         if n > self.batch_size:
             raise AcceleratorInputError(f"batch of {n} images exceeds the allocated buffers "
                                         f"({self.batch_size} images)")

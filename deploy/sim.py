@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploy.accelerator import Accelerator
+from deploy.accelerator import Accelerator, positive_int
 from deploy.golden import Golden, GoldenError, dtype, read_golden, smallest_int_dtype
 
 _HAS_BITCOUNT = hasattr(np, "bitwise_count")
@@ -164,8 +164,8 @@ class SimAccelerator(Accelerator):
         self.n_inputs = g.n_inputs
         self.input_dtype = dtype(g.input["dtype"])
         self.image_shape = tuple(g.meta["image_shape"]) if g.meta.get("image_shape") else None
-        self.batch_size = batch_size
-        self.chunk = int(chunk)
+        self.batch_size = positive_int(batch_size, "batch_size", allow_none=True)
+        self.chunk = positive_int(chunk, "chunk")
         self.output = g.output
         self.n_outputs = int(g.output["n_outputs"])
         self._compile()

@@ -1,7 +1,10 @@
 """Accuracy, confusion matrix, throughput and latency of the accelerator on a packaged test set.
 
-    python -m deploy.validate --dataset mnist --backend sim|pynq [--package DIR] [--batch N]
+    python -m deploy.validate [--dataset NAME] --backend sim|pynq [--package DIR] [--batch N]
                               [--limit N] [--out results.json]
+
+--dataset: the package's test set (default; its manifest `data_name`, or the original data-set
+string). Every file is checked against the manifest's sha256, labels against its n_classes.
 
 Runs on the board (numpy + pynq) and on any PC (sim backend). Writes JSON and prints a table.
 """
@@ -31,18 +34,17 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndar
     return cm
 
 
-def run_validation(package=None, dataset: str = "mnist", backend: str = "sim",
+def run_validation(package=None, dataset: str | None = None, backend: str = "sim",
                    batch: int = 1000, limit: int | None = None, accel=None,
                    latency_runs: int = 20) -> dict:
     """Execute the test set batch by batch; returns the results dict (see module docstring)."""
     pkg = open_package(package)
-    x, y = pkg.test_set(dataset, limit)
-    if len(x) == 0:
-        raise PackageError(f"{pkg.root}: the {dataset} test set is empty (--limit 0?)")
     if batch < 1:
         raise AcceleratorInputError(f"--batch {batch} must be >= 1")
     if accel is None:
-        accel = pkg.accelerator(backend, batch_size=batch)
+        accel = pkg.accelerator(backend, batch_size=batch)   # checks every file's sha256
+    x, y = pkg.test_set(dataset, limit)
+    dataset = pkg.data_name if dataset in (None, pkg.manifest["dataset"]) else dataset
     preds, lat = [], []
     t_all = time.perf_counter()
     for s in range(0, len(x), batch):
@@ -56,8 +58,10 @@ def run_validation(package=None, dataset: str = "mnist", backend: str = "sim",
         t0 = time.perf_counter()
         accel.execute(x[i:i + 1])
         one.append(time.perf_counter() - t0)
-    n_classes = int(max(y.max(), pred.max()) + 1)
-    n_classes = max(n_classes, int(pkg.manifest.get("n_classes", 0)))
+    n_classes = pkg.n_classes or int(max(y.max(), pred.max()) + 1)
+    if pred.ndim != 1 or pred.min() < 0 or pred.max() >= n_classes:
+        raise PackageError(f"{pkg.golden_path}: predictions {int(pred.min())}..{int(pred.max())} "
+                           f"outside the {n_classes} classes of the manifest")
     cm = confusion_matrix(y, pred, n_classes)
     res = {
         "dataset": dataset, "backend": accel.backend, "package": str(pkg.root),
@@ -105,7 +109,8 @@ def format_table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.validate", description=__doc__.split(
         "\n")[0])
-    ap.add_argument("--dataset", default="mnist", help="test set name in <package>/data")
+    ap.add_argument("--dataset", default=None, help="test set name in <package>/data (default: the "
+                    "package's)")
     ap.add_argument("--backend", choices=("sim", "pynq"), default="sim")
     ap.add_argument("--package", default=None,
                     help="board package folder (default: the folder holding deploy/)")
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out) if a.out else Path(res["package"]) / "results" / \
-        f"validate-{a.dataset}-{a.backend}.json"
+        f"validate-{res['dataset']}-{a.backend}.json"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1) + "\n")

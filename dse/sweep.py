@@ -367,11 +367,10 @@ def _fmt_acc(v) -> str:
 
 
 def default_sweep_dir(dataset: str, widths, recipe: str, sample: int | None) -> Path:
-    from train.runs import runs_root
+    from train.runs import dataset_slug, runs_root
 
     name = f"{'_'.join(map(str, widths))}_{recipe}" + (f"_s{sample}" if sample else "")
-    ds = Path(dataset.split(":", 1)[1]).name if dataset.startswith("idx:") else dataset
-    return runs_root() / "sweeps" / ds / name
+    return runs_root() / "sweeps" / dataset_slug(dataset) / name
 
 
 def _write_config(out: Path, identity: dict, invocation: dict) -> None:

@@ -448,17 +448,22 @@ def test_idx_dir(tmp_path):
     np.testing.assert_array_equal(ds.full_train()[0], arrays["train_images"].reshape(14, 35))
     np.testing.assert_array_equal(ds.y_test, arrays["test_labels"])
     assert dataset_info(f"idx:{d}") == (35, 5, 255, (5, 7, 1))
-    with pytest.raises(DataError, match="cannot hold out 10000 validation examples from 14"):
-        load_dataset(f"idx:{d}")
+    assert len(load_dataset(f"idx:{d}").x_val) == 1               # default for small sets: 10 %, >= 1
+    assert len(load_dataset(f"idx:{d}", n_val="50%").x_val) == 7
+    with pytest.raises(DataError, match="cannot hold out 14 validation examples from 14"):
+        load_dataset(f"idx:{d}", n_val=14)
 
 
 def test_idx_dir_colour_and_binary(tmp_path):
     d, _ = _idx_dir(tmp_path, shape=(4, 4, 3), classes=2)
+    with pytest.raises(DataError, match=r"1 of the classes 0..2 never occur in the training labels \(2; "
+                                        r"largest label 2 in y_test\)"):
+        load_dataset(f"idx:{d}", n_val=2)            # test labels go up to 2, training labels to 1
+    _write_idx(d / (IDX["test_labels"] + ".gz"), np.arange(4) % 2, gz=True)
     ds = load_dataset(f"idx:{d}", n_val=2)
     assert ds.image_shape == (4, 4, 3) and ds.x_train.shape == (12, 48)
-    assert (ds.n_classes, ds.n_outputs) == (3, 3)   # test labels go up to 2
-    _write_idx(d / (IDX["test_labels"] + ".gz"), np.arange(4) % 2, gz=True)
-    assert dataset_info(f"idx:{d}")[1] == 1         # binary task: one sigmoid unit
+    assert (ds.n_classes, ds.n_outputs) == (2, 1)   # binary task: one sigmoid unit
+    assert dataset_info(f"idx:{d}")[1] == 1
 
 
 def test_idx_errors_and_info_reads_headers_only(tmp_path):
@@ -504,6 +509,6 @@ def test_cli(mnist_dir, tmp_path, capsys):
     assert main(["fetch", "mnist", "--data-dir", str(mnist_dir), "--no-download"]) == 0
     out = capsys.readouterr().out
     assert "(50000, 784)" in out and "(10000, 784)" in out
-    assert main(["fetch", "mnist", "--data-dir", str(tmp_path), "--no-download"]) == 1
+    assert main(["fetch", "mnist", "--data-dir", str(tmp_path), "--no-download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "train-images-idx3-ubyte.gz: missing" in err

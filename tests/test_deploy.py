@@ -71,8 +71,8 @@ def test_board_runtime_is_numpy_only_and_py310():
                 continue
             for m in mods:
                 top = m.split(".")[0]
-                if f.name == "package.py" and m == "train.data":
-                    continue  # the host-only packager, imported lazily inside a function
+                if f.name == "package.py" and top in ("train", "hw_build"):
+                    continue  # the host-only packager, imported lazily inside functions
                 assert top not in FORBIDDEN, f"{f.name} imports {m}"
     code = "import deploy.sim, deploy.validate, deploy.pynq_driver, deploy.bundle, " \
            "deploy.packing, deploy.package, deploy.golden, deploy.accelerator; print('ok')"
@@ -239,6 +239,17 @@ def test_pynq_driver_on_fake_board(pkg, tmp_path, monkeypatch):
     np.testing.assert_array_equal(acc.execute(x[:5].reshape(5, 28, 28)), want[:5])
     with pytest.raises(AcceleratorInputError, match="exceeds the allocated buffers"):
         acc.execute(x[:129])
+    # wrong-sized arrays and counts on every public entry point: one-line errors
+    for call, msg in ((lambda: acc.pack_input(x[:3, :700]), r"input shape \(3, 700\), expected \(N, 784\)"),
+                      (lambda: acc.pack_input(x[:3].astype(np.int16)), "dtype int16"),
+                      (lambda: acc.unpack_output(np.zeros((2, 5), np.uint8)), r"output buffer uint8 \(2, 5\)"),
+                      (lambda: acc.unpack_output([1, 2]), "output buffer list"),
+                      (lambda: acc.execute_on_buffers(0), "images 0: expected a whole number >= 1"),
+                      (lambda: acc.execute_on_buffers(129), "exceeds the allocated buffers"),
+                      (lambda: setattr(acc, "batch_size", 2.5), "batch_size 2.5: expected a whole number")):
+        with pytest.raises(AcceleratorInputError, match=msg) as e:
+            call()
+        assert "\n" not in str(e.value)
     acc.batch_size = 300
     np.testing.assert_array_equal(acc.execute(x), board.sim.execute(x))
     with pytest.raises(BoardError, match="labels only"):
@@ -390,6 +401,12 @@ def test_accelerator_input_checks(pkg):
     for arr, msg in bad:
         with pytest.raises(AcceleratorInputError, match=msg):
             sim.execute(arr)
+    for kw, msg in ((dict(batch_size="8"), "batch_size '8'"), (dict(batch_size=0), "batch_size 0"),
+                    (dict(chunk=-1), "chunk -1")):
+        with pytest.raises(AcceleratorInputError, match=msg):
+            SimAccelerator(pkg / "golden.npz", **kw)
+    with pytest.raises(AcceleratorInputError, match=r"input shape \(2, 28, 29\)"):
+        sim.execute(np.zeros((2, 28, 29), np.uint8))
 
 
 def test_package_cli_bad_inputs(tmp_path):
@@ -399,7 +416,10 @@ def test_package_cli_bad_inputs(tmp_path):
 
     assert "hardware build folder not found" in _cli_error(cli("--build", str(tmp_path / "no")))
     (tmp_path / "b").mkdir()
-    assert "golden model not found" in _cli_error(cli("--build", str(tmp_path / "b")))
+    assert "b/hw/Pynq-Z2-auto: no build for Pynq-Z2 at auto (this run has no build)" in \
+        _cli_error(cli("--build", str(tmp_path / "b")))
+    assert "unknown board" in _cli_error(cli("--build", str(tmp_path / "b"), "--board", "Nope")).lower()
+    assert "expected a number" in cli("--build", str(tmp_path / "b"), "--target-fps", "fast").stderr
 
 
 @pytest.mark.finn  # the package comes from a real FINN build
@@ -408,7 +428,7 @@ def test_package_failure_leaves_nothing(pkg, tmp_path):
     build.mkdir()
     shutil.copy2(pkg / "golden.npz", build / "golden.npz")
     (tmp_path / "empty").mkdir()
-    r = subprocess.run([sys.executable, "-m", "deploy.package", "--build", str(build),
+    r = subprocess.run([sys.executable, "-m", "deploy.package", "--build", str(build), "--allow-no-fit",
                         "--out", str(tmp_path / "dist"), "--data-dir", str(tmp_path / "empty")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "test set 'mnist'" in _cli_error(r)

@@ -3,11 +3,14 @@
     from train.data import load_dataset
     ds = load_dataset("mnist", data_dir="../shared/data/mnist")   # ds.x_train: (50000, 784) uint8
 
-Names: "mnist", "cifar10", "imdb", "reuters", and "idx:<dir>" (any directory holding the four
-MNIST-format IDX files, .gz or raw: Fashion-MNIST, KMNIST, ...). Files come from `data_dir`, else
-$RESBIN_DATA/<name>, else ~/.cache/resbin/<name>; missing ones are downloaded (when `download`),
-every published file is checked against its digest. Validation = the last 10,000 training examples
-(1,000 for Reuters). Pixels stay uint8: the /255 belongs to the model's input quantizer.
+Names: "mnist", "cifar10", "imdb", "reuters", and a user's own set (train/datasets_own.py):
+"idx:<dir>" (any directory holding the four MNIST-format IDX files, .gz or raw: Fashion-MNIST,
+KMNIST, ...) or "npz:<file>" (x_train, y_train, x_test, y_test [, x_val, y_val, image_shape]).
+Files come from `data_dir`, else $RESBIN_DATA/<name>, else ~/.cache/resbin/<name>; missing ones are
+downloaded (when `download`), every published file is checked against its digest.
+Validation = the last `val` training examples: default 10,000 (the thesis; 1,000 for Reuters); for
+a user's set 10,000 when it has >= 50,000 training examples, else 10 % of them (at least 1), unless
+the npz file holds x_val/y_val. Pixels stay uint8: the /255 belongs to the model's input quantizer.
 
 CLI: `python -m train.data fetch <name> [--data-dir D]`, `python -m train.data info [<name>]`.
 """
@@ -25,21 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from train.datasets_fetch import DataError, RemoteFile, check_digest, digest_bytes, locate, verify_file
-from train.datasets_formats import read_cifar10_tar, read_idx, read_idx_header, read_npz
+from train.datasets_formats import read_cifar10_tar, read_npz
+from train.datasets_own import IDX_NAMES, idx_info, load_idx, load_npz, read_idx_pair, user_path
 
 __all__ = ["DATASETS", "DataError", "Dataset", "dataset_info", "default_data_dir", "load_dataset",
-           "word_index", "main"]
+           "parse_val", "val_suffix", "default_n_val", "word_index", "main"]
 
-DATASETS = ("mnist", "cifar10", "imdb", "reuters")   # plus "idx:<dir>"
+DATASETS = ("mnist", "cifar10", "imdb", "reuters")   # plus "idx:<dir>" and "npz:<file>"
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "https://storage.googleapis.com/cvdf-datasets/mnist/")
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
-# Standard IDX names (MNIST, Fashion-MNIST, KMNIST, ...); each may also be stored raw (no .gz).
-IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
 
 def _mnist_file(role: str, content_sha256: str) -> RemoteFile:
@@ -88,7 +88,7 @@ _INFO = {
     "imdb": _Info(10_000, 2, 1, None, 10_000),
     "reuters": _Info(15_000, 46, 1, None, 1_000),
 }
-IDX_N_VAL = 10_000
+LARGE_TRAIN, LARGE_N_VAL, SMALL_VAL_SHARE = 50_000, 10_000, 0.1   # a user's set (default_n_val)
 REUTERS_TEST_SPLIT = 0.2
 KERAS_SEED, START_CHAR, OOV_CHAR, INDEX_FROM = 113, 1, 2, 3
 
@@ -137,72 +137,99 @@ def default_data_dir(name: str) -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "resbin") / name
 
 
-def _idx_dir(name: str) -> Path:
-    d = Path(name.split(":", 1)[1]).expanduser()
-    if not d.is_dir():
-        raise DataError(f"{d}: not a directory (expected idx:<dir> with the four IDX files)")
-    return d
-
-
 def _check_name(name: str) -> None:
-    if name not in _INFO and not name.startswith("idx:"):
-        raise DataError(f"unknown data set {name!r} (expected one of {', '.join(DATASETS)} or idx:<dir>)")
+    if name not in _INFO and not name.startswith(("idx:", "npz:")):
+        raise DataError(f"unknown data set {name!r} (expected one of {', '.join(DATASETS)}, idx:<dir> or "
+                        f"npz:<file>)")
 
 
 def dataset_info(name: str) -> tuple[int, int, int, tuple[int, ...] | None]:
     """(n_inputs, n_outputs, input_max, image_shape) without loading the data.
 
-    For idx:<dir> this reads the IDX headers and the (small) label files.
+    For idx:<dir> this reads the IDX headers and the (small) label files; npz:<file> is loaded.
     """
     _check_name(name)
     if name.startswith("idx:"):
-        info = _idx_info(_idx_dir(name))
+        n_in, n_classes, vmax, shape = idx_info(user_path(name))
+    elif name.startswith("npz:"):
+        own = load_npz(user_path(name))
+        n_in, n_classes, vmax, shape = own.n_inputs, own.n_classes, own.input_max, own.image_shape
     else:
         info = _INFO[name]
-    return info.n_inputs, info.n_outputs, info.input_max, info.image_shape
+        return info.n_inputs, info.n_outputs, info.input_max, info.image_shape
+    return n_in, (1 if n_classes == 2 else n_classes), vmax, shape
+
+
+def parse_val(text, allow_zero: bool = False) -> int | float | None:
+    """--val: a count ("5000") or a share of the training examples ("0.1", "10%"); None: default.
+
+    0 (no validation examples) only where `allow_zero` (the Python API; training needs one)."""
+    if text is None or isinstance(text, (int, float)):
+        v = text
+    else:
+        t = str(text).strip()
+        try:
+            v = float(t[:-1]) / 100 if t.endswith("%") else (int(t) if t.isdigit() else float(t))
+        except ValueError:
+            raise DataError(f"--val {text!r}: expected a count of examples (e.g. 5000) or a share "
+                            f"(e.g. 0.1 or 10%)") from None
+    if v is None or (isinstance(v, int) and v >= (0 if allow_zero else 1)) or \
+            (isinstance(v, float) and 0 < v < 1):
+        return v
+    raise DataError(f"--val {text}: expected a count >= 1 or a share between 0 and 1 (exclusive)")
+
+
+def val_suffix(val) -> str:
+    """Run-folder suffix of an explicit validation split: "" (default), "__val5000", "__val0p1"."""
+    v = parse_val(val, allow_zero=True)
+    return "" if v is None else f"__val{v}" if isinstance(v, int) else f"__val{v:g}".replace(".", "p")
+
+
+def default_n_val(n_train: int) -> int:
+    """A user's set: 10,000 when it has >= 50,000 training examples (the thesis' MNIST split),
+    else 10 % of them, at least 1."""
+    return LARGE_N_VAL if n_train >= LARGE_TRAIN else max(1, round(SMALL_VAL_SHARE * n_train))
+
+
+def _n_val(name: str, val, n_train: int, default: int | None) -> int:
+    v = parse_val(val, allow_zero=True)
+    n = (default if default is not None else default_n_val(n_train)) if v is None else \
+        v if isinstance(v, int) else max(1, round(v * n_train))
+    if not 0 <= n < n_train:
+        raise DataError(f"{name}: cannot hold out {n} validation examples from {n_train} training "
+                        f"examples (pass --val with a smaller count or share)")
+    return n
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True,
-                 n_val: int | None = None) -> Dataset:
+                 n_val=None) -> Dataset:
     """Load a data set (see the module docstring).
 
-    `n_val` overrides the thesis validation size (10,000; 1,000 for Reuters); `data_dir` is not used
-    for idx:<dir>, whose directory is part of the name.
+    `n_val` (the `--val` option: a count, a share in (0, 1), or its text) overrides the default
+    validation split; `data_dir` is not used for idx:/npz:, whose path is part of the name.
     """
     _check_name(name)
-    if name.startswith("idx:"):
-        d = _idx_dir(name)
-        x_tr, y_tr, x_te, y_te, info = _load_idx(d)
+    if name.startswith(("idx:", "npz:")):
+        own = (load_idx if name.startswith("idx:") else load_npz)(user_path(name))
+        n_classes, vmax, shape = own.n_classes, own.input_max, own.image_shape
+        x_tr, y_tr, x_te, y_te = own.x_train, own.y_train, own.x_test, own.y_test
+        default = None
+        if own.x_val is not None:
+            if parse_val(n_val, allow_zero=True) is not None:
+                raise DataError(f"{name}: the file holds x_val/y_val, so --val does not apply")
+            return Dataset(name, x_tr, y_tr, own.x_val, own.y_val, x_te, y_te, n_classes,
+                           1 if n_classes == 2 else n_classes, vmax, shape)
     else:
         d = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(name)
         info = _INFO[name]
         x_tr, y_tr, x_te, y_te = _LOADERS[name](d, download)
-    n_val = info.n_val if n_val is None else n_val
-    if not 0 <= n_val < len(x_tr):
-        raise DataError(f"{name}: cannot hold out {n_val} validation examples from {len(x_tr)} training "
-                        f"examples (pass n_val)")
-    cut = len(x_tr) - n_val
+        n_classes, vmax, shape, default = info.n_classes, info.input_max, info.image_shape, info.n_val
+    cut = len(x_tr) - _n_val(name, n_val, len(x_tr), default)
     return Dataset(name, x_tr[:cut], y_tr[:cut], x_tr[cut:], y_tr[cut:], x_te, y_te,
-                   info.n_classes, info.n_outputs, info.input_max, info.image_shape)
+                   n_classes, 1 if n_classes == 2 else n_classes, vmax, shape)
 
 
 # ---------------------------------------------------------------- images
-
-def _find_idx(d: Path, role: str) -> Path:
-    base = IDX_NAMES[role]
-    for name in (base + ".gz", base):
-        if (d / name).is_file():
-            return d / name
-    raise DataError(f"{d / base}[.gz]: missing (expected the four IDX files {', '.join(IDX_NAMES.values())})")
-
-
-def _read_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray, bytes, bytes]:
-    x, x_head = read_idx(images, "image")
-    y, y_head = read_idx(labels, "label")
-    if len(x) != len(y):
-        raise DataError(f"{labels.name}: {len(y)} labels for {len(x)} images in {images.name}")
-    return x, y, x_head, y_head
-
 
 def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
@@ -214,32 +241,12 @@ def _load_mnist(d: Path, download: bool):
         paths[role] = locate(FILES[base + ".gz"], d, download, also=(base,))
     out = []
     for split in ("train", "test"):
-        x, y, x_head, y_head = _read_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
+        x, y, x_head, y_head = read_idx_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
         for role, head, arr in ((f"{split}_images", x_head, x), (f"{split}_labels", y_head, y)):
             rf = FILES[IDX_NAMES[role] + ".gz"]
             check_digest(paths[role].name, rf, digest_bytes(head, arr, algo=rf.algo))
         out += [_flat(x), y.astype(np.int64)]
     return tuple(out)
-
-
-def _idx_info(d: Path) -> _Info:
-    shapes = {s: read_idx_header(_find_idx(d, f"{s}_images"), "image")[1:] for s in ("train", "test")}
-    if shapes["train"] != shapes["test"]:
-        raise DataError(f"{d}: train images are {shapes['train']}, test images {shapes['test']} (expected the same)")
-    n_classes = max(int(read_idx(_find_idx(d, f"{s}_labels"), "label")[0].max()) for s in ("train", "test")) + 1
-    shape = shapes["train"] if len(shapes["train"]) == 3 else (*shapes["train"], 1)
-    return _Info(int(np.prod(shape)), n_classes, 255, tuple(shape), IDX_N_VAL)
-
-
-def _load_idx(d: Path):
-    x_tr, y_tr, _, _ = _read_pair(_find_idx(d, "train_images"), _find_idx(d, "train_labels"))
-    x_te, y_te, _, _ = _read_pair(_find_idx(d, "test_images"), _find_idx(d, "test_labels"))
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise DataError(f"{d}: train images are {x_tr.shape[1:]}, test images {x_te.shape[1:]} (expected the same)")
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    shape = x_tr.shape[1:] if x_tr.ndim == 4 else (*x_tr.shape[1:], 1)
-    info = _Info(int(np.prod(shape)), n_classes, 255, tuple(shape), IDX_N_VAL)
-    return _flat(x_tr), y_tr.astype(np.int64), _flat(x_te), y_te.astype(np.int64), info
 
 
 def _load_cifar10(d: Path, download: bool):
@@ -347,12 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download (if missing) and verify a data set, print its shapes")
-    f.add_argument("name", help=f"{' | '.join(DATASETS)} | idx:<dir>")
+    f.add_argument("name", help=f"{' | '.join(DATASETS)} | idx:<dir> | npz:<file>")
     f.add_argument("--data-dir", help="directory holding the files (default $RESBIN_DATA/<name> or "
                                       "~/.cache/resbin/<name>)")
     f.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     i = sub.add_parser("info", help="sizes of a data set (or of all) without loading it")
-    i.add_argument("name", nargs="?", help=f"{' | '.join(DATASETS)} | idx:<dir>; default: all")
+    i.add_argument("name", nargs="?", help=f"{' | '.join(DATASETS)} | idx:<dir> | npz:<file>; default: all")
     args = p.parse_args(argv)
     try:
         if args.cmd == "info":
@@ -365,12 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             ds = load_dataset(args.name, args.data_dir, download=not args.no_download)
             if args.name in ("imdb", "reuters"):
                 word_index(args.name, args.data_dir, download=not args.no_download)
-            where = args.name[4:] if args.name.startswith("idx:") else args.data_dir or default_data_dir(args.name)
+            where = args.name[4:] if args.name.startswith(("idx:", "npz:")) else args.data_dir or default_data_dir(args.name)
             print(f"{args.name}: verified and loaded from {where} in {time.perf_counter() - t0:.1f} s")
             print(ds.summary())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

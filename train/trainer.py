@@ -32,7 +32,7 @@ from train.spec import ModelSpec
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # What makes two runs the same run (the rest of config.json is provenance).
-IDENTITY_KEYS = ("dataset", "model", "options", "recipe", "epochs", "seed", "limit_train")
+IDENTITY_KEYS = ("dataset", "model", "options", "recipe", "epochs", "seed", "limit_train", "val")
 
 
 class TrainError(RuntimeError):
@@ -337,27 +337,30 @@ def _thesis_sizes(spec, n_in, n_out, options):
 
 def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOptions = ModelOptions(), seed=0,
               run_dir=None, resume=False, data_dir=None, limit_train=None, device=None, progress=True,
-              force=False, stop_after=None) -> dict:
+              force=False, stop_after=None, val=None) -> dict:
     """Train `model` (spec or name) on `dataset` (name or a loaded `train.data.Dataset`); returns metrics.
 
     A finished run with the same config is returned as is unless `force`; an interrupted one needs
     `resume=True` (continues bit for bit from the last epoch) or `force` (starts over).
     `stop_after=k` ends after epoch k (checkpoint written, no metrics), as an interruption would.
+    `val`: the validation split (`--val`: count or share; None: the data set's default), part of
+    the run's identity and, when given, of its folder name (`__val<N>`).
     """
-    from train.data import Dataset, load_dataset
+    from train.data import Dataset, load_dataset, parse_val, val_suffix
 
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     rec = get_recipe(recipe).with_epochs(epochs)
-    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
+    val = parse_val(val)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir, n_val=val)
     # Refuses impossible models (bad options, widths) before anything is written.
     build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max)
     from train.models import options_suffix
     ds_name = dataset if isinstance(dataset, str) else ds.name
-    run = Path(run_dir) if run_dir is not None else default_run_dir(ds_name, spec.slug + options_suffix(options))
+    run = Path(run_dir) if run_dir is not None else default_run_dir(ds_name, spec.slug + options_suffix(options) + val_suffix(val))
     dev = _resolve_device(device)
     config = {"dataset": ds_name, "model": spec.name,
               "options": options.to_dict(), "recipe": rec.to_dict(), "epochs": rec.epochs, "seed": int(seed),
-              "limit_train": limit_train, "data_dir": str(data_dir) if data_dir is not None else None,
+              "limit_train": limit_train, "val": val, "n_val": len(ds.y_val), "data_dir": str(data_dir) if data_dir is not None else None,
               "n_inputs": ds.n_inputs, "n_outputs": ds.n_outputs, "input_max": ds.input_max,
               "image_shape": list(ds.image_shape) if ds.image_shape is not None else None,
               "versions": _versions()}

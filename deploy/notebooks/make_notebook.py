@@ -27,10 +27,11 @@ from deploy.bundle import open_package
 from deploy.validate import run_validation, format_table
 
 pkg = open_package(PACKAGE)
-DATASET = pkg.manifest["dataset"]
+DATASET = pkg.data_name   # the test set's file name (manifest "dataset" keeps the original string)
 BACKEND = os.environ.get("RESBIN_BACKEND") or ("pynq" if pkg.bitfile is not None else "sim")
 LIMIT = int(os.environ["RESBIN_LIMIT"]) if os.environ.get("RESBIN_LIMIT") else None
-print(f"model {pkg.manifest['model']}  build {pkg.build_id}  board {pkg.manifest.get('board')}")
+print(f"model {pkg.manifest['model']}  build {pkg.build_id}  board {pkg.manifest.get('board')}  "
+      f"target {pkg.manifest.get('target')}  fits {pkg.manifest.get('fits')}")
 print(f"backend {BACKEND}" + ("" if pkg.bitfile else "  (sim backend only: no bitfile in this package)"))"""),
     ("code", """accel = pkg.accelerator(BACKEND, batch_size=1000)
 x, y = pkg.test_set(DATASET, LIMIT)
