@@ -12,13 +12,13 @@ Layout (made on the host by `python -m deploy.package`):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from core.files import sha256
 from deploy.golden import GoldenError, read_golden
 
 MANIFEST = "manifest.json"
@@ -26,14 +26,6 @@ MANIFEST = "manifest.json"
 
 class PackageError(Exception):
     """The board package folder is incomplete or its files do not belong together."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_package_dir() -> Path:

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.bundle import MANIFEST, PackageError, sha256
+from core.files import sha256
+from deploy.bundle import MANIFEST, PackageError
 from deploy.golden import GoldenError, read_golden
 
 DEPLOY_DIR = Path(__file__).resolve().parent
+CORE_DIR = DEPLOY_DIR.parent / "core"
 HOST_ONLY = {"package.py"}
 NOTEBOOK = "resbin_pynq_z2.ipynb"
 _ZIP_DATE = (2024, 1, 1, 0, 0, 0)  # fixed timestamps: the same inputs give the same zip
@@ -252,6 +254,9 @@ def _assemble(root: Path, build: Path, g, golden_src: Path, model: str, dataset:
     for f in sorted(DEPLOY_DIR.glob("*.py")):
         if f.name not in HOST_ONLY:
             shutil.copy2(f, root / "deploy" / f.name)
+    (root / "core").mkdir()  # the rules deploy shares with the host stages (numpy only)
+    for f in sorted(CORE_DIR.glob("*.py")):
+        shutil.copy2(f, root / "core" / f.name)
     nb = DEPLOY_DIR / "notebooks" / NOTEBOOK
     (root / "notebooks").mkdir()
     shutil.copy2(nb, root / "notebooks" / NOTEBOOK)

@@ -18,7 +18,7 @@ import numpy as np
 from deploy.accelerator import Accelerator, AcceleratorInputError, positive_int
 from deploy.golden import GoldenError, dtype, read_golden
 from deploy.packing import pack, unpack
-from deploy.sim import labels_from_int
+from core.labels import labels_from_outputs
 
 
 class BoardError(RuntimeError):
@@ -162,7 +162,7 @@ class PynqAccelerator(Accelerator):
 
     def _run(self, x):
         if self.output["kind"] != "labels":
-            return labels_from_int(self._outputs(x))
+            return labels_from_outputs(self._outputs(x))
         y = self._outputs(x).reshape(x.shape[0], -1)
         return (y[:, 0] if y.shape[1] == 1 else y).astype(np.int64)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.labels import labels_from_outputs
 from deploy.accelerator import Accelerator, positive_int
 from deploy.golden import Golden, GoldenError, dtype, read_golden, smallest_int_dtype
 
@@ -140,13 +141,6 @@ class _Threshold:
             k += self.Tpad[k + 1] <= xr
         k -= self.rows
         return (k.astype(od) * od(self.scale) + od(self.bias)).reshape(shape)
-
-
-def labels_from_int(y: np.ndarray) -> np.ndarray:
-    """Labels of integer outputs (N, n_out): argmax, the first maximum on ties (as TopK); for a
-    single output (a binary task), 1 where it is positive."""
-    y = y.reshape(y.shape[0], -1)
-    return (y[:, 0] > 0).astype(np.int64) if y.shape[1] == 1 else np.argmax(y, axis=1)
 
 
 class SimAccelerator(Accelerator):
@@ -438,7 +432,7 @@ class SimAccelerator(Accelerator):
 
     def _run(self, x):
         if self.output["kind"] != "labels":  # no LabelSelect on chip: the host takes argmax
-            return labels_from_int(self._forward(x, self._int_name))
+            return labels_from_outputs(self._forward(x, self._int_name))
         y = self._forward(x, self._out_name)
         return (y[:, 0] if y.shape[1] == 1 else y).astype(np.int64)
 
