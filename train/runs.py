@@ -18,5 +18,7 @@ def run_dir(dataset: str, slug: str) -> Path:
     `slug` is `ModelSpec.slug` plus, for non-default build options, a `__key-value` suffix
     (see `train.models.options_suffix`). `idx:<dir>` data sets use the directory's name.
     """
-    ds = Path(dataset.split(":", 1)[1]).name if dataset.startswith("idx:") else dataset
+    # resolved first: idx:sub/.. names its real folder, never `..` (a run outside the runs root)
+    ds = (Path(dataset.split(":", 1)[1]).expanduser().resolve().name or "root") if dataset.startswith("idx:") \
+        else dataset
     return runs_root() / ds / slug
