@@ -23,7 +23,7 @@ def int_range(lo: int | None = None, hi: int | None = None, what: str = "an inte
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is outside {_bounds(lo, hi)}")
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi)}, got {text}")
         return v
     parse.__name__ = what  # argparse names the type in "invalid <name> value"
     return parse
@@ -40,9 +40,9 @@ def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bo
         if not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise argparse.ArgumentTypeError(f"{text} is outside {_bounds(lo, hi, lo_open, hi_open)}")
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, lo_open, hi_open)}, got {text}")
         if hi is not None and (v > hi or (hi_open and v == hi)):
-            raise argparse.ArgumentTypeError(f"{text} is outside {_bounds(lo, hi, lo_open, hi_open)}")
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, lo_open, hi_open)}, got {text}")
         return v
     parse.__name__ = what
     return parse
@@ -66,7 +66,7 @@ def int_list(lo: int | None = None, hi: int | None = None):
 
 def _bounds(lo, hi, lo_open=False, hi_open=False) -> str:
     if lo is not None and hi is not None:
-        return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if lo is not None:
         return f"{'>' if lo_open else '>='} {lo:g}"
     return f"{'<' if hi_open else '<='} {hi:g}"
