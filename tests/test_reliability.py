@@ -99,11 +99,11 @@ def test_unfinished_run_is_refused_by_export_and_hw_build(tmp_path, mnist_dir, c
 
 @pytest.mark.slow
 def test_killed_training_is_refused_then_resumed(tmp_path, mnist_dir):
-    """The reported case itself: `python -m train` killed (SIGKILL) during epoch 2 of 3."""
+    """The reported case itself: `python -m train` killed (SIGKILL) during epoch 2 of 2."""
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "train", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--model",
-           "B-64N,QN", "--recipe", "thesis", "--epochs", "3", "--limit-train", "20000", "--run-dir", str(run),
+           "B-32N,QN", "--recipe", "thesis", "--epochs", "2", "--limit-train", "10000", "--run-dir", str(run),
            "--threads", "1", "--no-progress"]
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
