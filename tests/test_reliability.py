@@ -319,7 +319,7 @@ BAD = [
 
 def _main(cli):
     return {"train": "train.__main__", "export": "export.__main__", "hw_build": "hw_build.__main__",
-            "dse": "dse.__main__"}[cli]
+            "dse": "dse.__main__"}.get(cli, cli)
 
 
 @pytest.mark.parametrize("cli,base,bad", [(c, b, x) for c, b, *xs in BAD for x in xs],
@@ -340,7 +340,8 @@ class _Parsed(Exception):
 
 @pytest.mark.parametrize("cli,argv", [("train", ["--dataset", "d", "--model", "m"]), ("train", ["size", "m"]),
                                       ("train", ["variants", "--widths", "8"]), ("export", ["r"]),
-                                      ("hw_build", ["estimate"]), ("dse", ["sweep"])])
+                                      ("hw_build", ["estimate"]), ("dse", ["sweep"]),
+                                      ("train.bench_accuracy", []), ("hw_build.bench_sim", [])])
 def test_no_numeric_option_is_left_unchecked(cli, argv, monkeypatch):
     """Every option of every parser: no bare int/float type (each must be a range-checked type)."""
     import importlib
