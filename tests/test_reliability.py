@@ -3,7 +3,6 @@ no silent wrong result, nothing lost or overwritten, no traceback; docs/reliabil
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
