@@ -16,6 +16,9 @@ SAMPLE     ?=
 SWEEP      ?=
 RUN        ?=
 DIST       ?= dist
+RESUME     ?=
+FORCE      ?=
+REPLACE_RESULTS ?=
 # build options the thesis held fixed (default: the model's defaults)
 INPUT_BITS ?=
 SHORTCUT_BITS ?=
@@ -33,8 +36,12 @@ STAMP  := $(VENV)/.resbin-lock-$(shell cat env/requirements.lock env/finn-plus.t
 opt_args   = $(if $(INPUT_BITS),--input-bits $(INPUT_BITS)) $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS)) \
              $(if $(ADD_BITS),--add-bits $(ADD_BITS)) $(if $(OUTPUT_BITS),--output-bits $(OUTPUT_BITS)) \
              $(if $(POOL_WINDOW),--pool-window $(POOL_WINDOW)) $(if $(POOL_MODE),--pool-mode $(POOL_MODE))
-train_args = --dataset $(DATASET) $(if $(VAL),--val $(VAL)) --model "$(MODEL)" --seed $(SEED) $(if $(RECIPE),--recipe $(RECIPE)) \
-             $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args) $(if $(RUN),--run-dir $(RUN))
+model_args = --dataset $(DATASET) $(if $(VAL),--val $(VAL)) --model "$(MODEL)" --seed $(SEED) \
+             $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args)
+train_args = $(model_args) $(if $(RUN),--run-dir $(RUN)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
+# hardware targets: hw_build trains (or resumes, or reuses exactly this run) itself, so a model
+# the FPGA cannot take is refused before any training
+hw_train   = $(model_args) $(if $(RUN),--run $(RUN)) $(if $(FORCE),--force)
 hw_args    = --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) \
              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(if $(FOLDING),--folding $(FOLDING))
 # the run folder of DATASET/MODEL/options (or RUN): one folder per data set and model
@@ -67,7 +74,7 @@ lock: $(STAMP)   ## rewrite env/requirements.lock from the current .venv
 data: $(STAMP)   ## download and verify DATASET (mnist, cifar10, imdb, reuters)
 	$(PY) -m train.data fetch $(DATASET)
 
-train: $(STAMP)  ## train MODEL on DATASET (reuses a finished run; RECIPE=strong|thesis, EPOCHS, option variables)
+train: $(STAMP)  ## train MODEL on DATASET (reuses a finished run; RECIPE=strong|thesis, EPOCHS, option variables; RESUME=1 continues an interrupted run, FORCE=1 retrains)
 	$(PY) -m train $(train_args)
 
 size: $(STAMP)   ## thesis size and deployed size of MODEL on DATASET
@@ -79,20 +86,20 @@ variants: $(STAMP) ## list the thesis's variants of WIDTHS in thesis order
 export: train     ## export the trained MODEL to QONNX and check it against PyTorch
 	$(PY) -m export $(run_dir)
 
-estimate: train   ## FINN build up to resource/throughput estimates for BOARD (TARGET_FPS or the fastest that fits), fit check
-	$(PY) -m hw_build estimate --run $(run_dir) $(hw_args)
+estimate: $(STAMP) ## FINN build up to resource/throughput estimates for BOARD (TARGET_FPS or the fastest that fits), fit check
+	$(PY) -m hw_build estimate $(hw_train) $(hw_args)
 
-codegen: train    ## FINN build up to HLS/RTL code generation
-	$(PY) -m hw_build codegen --run $(run_dir) $(hw_args)
+codegen: $(STAMP) ## FINN build up to HLS/RTL code generation
+	$(PY) -m hw_build codegen $(hw_train) $(hw_args)
 
-sim: train        ## main command: train, export, compile and simulate the accelerator on the whole test set
-	$(PY) -m hw_build sim --run $(run_dir) $(hw_args)
+sim: $(STAMP)     ## main command: train, export, compile and simulate the accelerator on the whole test set
+	$(PY) -m hw_build sim $(hw_train) $(hw_args)
 
-bitstream: train  ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
-	$(PY) -m hw_build bitstream --run $(run_dir) $(hw_args)
+bitstream: $(STAMP) ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
+	$(PY) -m hw_build bitstream $(hw_train) $(hw_args)
 
-deploy: sim       ## the PYNQ board package of the BOARD/TARGET_FPS/FOLDING build in DIST (FORCE=1: drop another build's results/)
-	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out $(DIST) $(hw_args) $(if $(FORCE),--force)
+deploy: sim       ## the PYNQ board package of the BOARD/TARGET_FPS/FOLDING build in DIST (REPLACE_RESULTS=1: drop another build's results/)
+	$(PY) -m deploy.package --build $(run_dir) --dataset $(DATASET) --out $(DIST) $(hw_args) $(if $(REPLACE_RESULTS),--force)
 
 sweep: $(STAMP)  ## train every variant of WIDTHS (SAMPLE=N of them, LIMIT=N images), resumable, parallel (Ray)
 	$(PY) -m dse sweep --dataset $(DATASET) --widths $(WIDTHS) $(if $(RECIPE),--recipe $(RECIPE)) \

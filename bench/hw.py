@@ -43,8 +43,8 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
 
                 try:
                     sims[run] = sim(rep["out_dir"], n=n, progress=progress)
-                except SimulationError as e:  # its counts are in sim.json; the table shows them
-                    sims[run] = read_json(Path(rep["out_dir"]) / "sim.json") or {"error": str(e)}
+                except SimulationError as e:  # the counts it wrote; the table shows them
+                    sims[run] = e.result or {"error": str(e)}
             s = sims.get(run, {})
             rows.append({"run": str(run), "model": f"{rep.get('model')}{_options_label(run)}",
                          "dataset": rep.get("dataset"),

@@ -8,34 +8,28 @@ import sys
 import time
 from pathlib import Path
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}") from None
+from train.cli_types import (INPUT_BITS, WEIGHT_BITS, frame_rate as _fps, int_list, positive_int, probability,
+                             seed_int)
+from train.spec import MAX_WIDTH
 
 
 def _strs(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _fps(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a frame rate such as 1e6 expected, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"frame rate must be > 0, got {text!r}")
-    return v
-
-
-AXIS_ARGS = (("input_bits", "--input-bits", _ints, "input quantizer bits, e.g. 1,2,4,8"),
-             ("shortcut_weight_bits", "--shortcut-bits", _ints, "Q/P shortcut weight bits, e.g. 2,4,8"),
-             ("add_bits", "--add-bits", _ints, "bits of the shared residual-add quantizer"),
-             ("output_weight_bits", "--output-bits", _ints, "output layer weight bits"),
-             ("pool_window", "--pool-window", _ints, "P shortcut pooling window(s)"),
+AXIS_ARGS = (("input_bits", "--input-bits", int_list(*INPUT_BITS), "input quantizer bits, e.g. 1,2,4,8"),
+             ("shortcut_weight_bits", "--shortcut-bits", int_list(*WEIGHT_BITS), "Q/P shortcut weight bits, e.g. 2,4,8"),
+             ("add_bits", "--add-bits", int_list(*WEIGHT_BITS), "bits of the shared residual-add quantizer"),
+             ("output_weight_bits", "--output-bits", int_list(*WEIGHT_BITS), "output layer weight bits"),
+             ("pool_window", "--pool-window", int_list(1), "P shortcut pooling window(s)"),
              ("pool_mode", "--pool-mode", _strs, "P shortcut pooling: flat,vertical"))
+_widths = int_list(1, MAX_WIDTH)
+
+
+def _widths_text(text: str) -> str:
+    """--widths: checked as 1..MAX_WIDTH integers, kept as the text (it names the sweep folder)."""
+    _widths(text)
+    return text.replace(" ", "")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -206,24 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "one row per variant in <out>/results.csv. A rerun skips finished rows. Runs on Ray: "
                        "locally with --parallel CPUs, or on the cluster named by RAY_ADDRESS / --ray-address.")
     s.add_argument("--dataset", required=True, help="mnist, cifar10, imdb, reuters or idx:<dir>")
-    s.add_argument("--widths", required=True, help="base hidden widths, e.g. 128,88")
+    s.add_argument("--widths", required=True, type=_widths_text, help="base hidden widths, e.g. 128,88")
     s.add_argument("--recipe", default="thesis", help="training recipe (default thesis)")
-    s.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    s.add_argument("--limit", type=int, help="train on the first N training examples only")
-    s.add_argument("--sample", type=int, help="a seeded random sample of N variants instead of all")
-    s.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
+    s.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
+    s.add_argument("--limit", type=positive_int, help="train on the first N training examples only")
+    s.add_argument("--sample", type=positive_int, help="a seeded random sample of N variants instead of all")
+    s.add_argument("--seed", type=seed_int, default=0, help="training and sampling seed (default 0)")
     s.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(";") if v.strip()],
                    help="only these variants, ';'-separated, e.g. 'B-128N,PN;B-D128N,QN,D' (plus F-/B- baselines)")
     s.add_argument("--no-baselines", action="store_true",
                    help="with --variants: leave out F-<widths> and B-<widths> (e.g. a candidate list)")
-    s.add_argument("--first-width", type=_ints, help="axis over the first hidden width, e.g. 64,128,256")
+    s.add_argument("--first-width", type=_widths, help="axis over the first hidden width, e.g. 64,128,256")
     for key, flag, typ, hlp in AXIS_ARGS:
         s.add_argument(flag, dest=key, type=typ, help=f"option axis: {hlp}")
     s.add_argument("--board", help="add FINN estimates for FPGA-able variants on this board, e.g. Pynq-Z2")
     s.add_argument("--target-fps", type=_fps, help="frame rate for the estimates (default: fastest that fits)")
     s.add_argument("--no-estimate", action="store_true", help="skip the FINN estimates even with --board")
     s.add_argument("--out", help="sweep folder (default <runs>/sweeps/<dataset>/<widths>_<recipe>[_s<N>])")
-    s.add_argument("--parallel", type=int, help="local Ray workers (default: CPU count)")
+    s.add_argument("--parallel", type=positive_int, help="local Ray workers (default: CPU count)")
     s.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     s.add_argument("--data-dir", help="data set folder (default $RESBIN_DATA/<name>)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -248,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", help="instead of --sweep: every sweep of this data set under <runs>/sweeps")
     q.add_argument("--board", required=True, help="e.g. Pynq-Z2")
     q.add_argument("--target-fps", type=_fps, help="required estimated frame rate, e.g. 1e6")
-    q.add_argument("--min-accuracy", type=float, help="only variants at least this accurate (test)")
+    q.add_argument("--min-accuracy", type=probability, help="only variants at least this accurate (test)")
     q.add_argument("--no-estimate", action="store_true", help="use only the estimates already made")
     q.add_argument("--emit-make-args", action="store_true", help="print only the make variable assignments")
     q.set_defaults(fn=cmd_pareto)
@@ -266,20 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 'B-128N,QN,D;B-D128N,D88N,D88N,QN,D;B-128N,PN,D')")
     z.add_argument("--board", default="Pynq-Z2")
     z.add_argument("--target-fps", type=_fps, default=1e6)
-    z.add_argument("--first-width", type=_ints, default=[64, 96, 128], help="first hidden widths (default 64,96,128)")
+    z.add_argument("--first-width", type=_widths, default=[64, 96, 128], help="first hidden widths (default 64,96,128)")
     for key, flag, typ, hlp in AXIS_ARGS:
         z.add_argument(flag, dest=key, type=typ, help=f"axis: {hlp}")
     # defaults: the axes the thesis held fixed; P streams 28 wide with a vertical 4x1 window
     z.set_defaults(input_bits=[2, 4, 8], shortcut_weight_bits=[2, 4, 8], pool_mode=["vertical"], pool_window=[4])
     z.add_argument("--recipe", default="strong", help="recipe of the final stage (default strong)")
-    z.add_argument("--epochs", type=int, help="override the final recipe's epochs")
-    z.add_argument("--limit", type=int, help="final stage: first N training examples only")
-    z.add_argument("--screen-epochs", type=int, default=1, help="screen: thesis-recipe epochs (default 1)")
-    z.add_argument("--screen-limit", type=int, default=5000, help="screen: training examples (default 5000)")
-    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--epochs", type=positive_int, help="override the final recipe's epochs")
+    z.add_argument("--limit", type=positive_int, help="final stage: first N training examples only")
+    z.add_argument("--screen-epochs", type=positive_int, default=1, help="screen: thesis-recipe epochs (default 1)")
+    z.add_argument("--screen-limit", type=positive_int, default=5000, help="screen: training examples (default 5000)")
+    z.add_argument("--seed", type=seed_int, default=0)
     z.add_argument("--out", help="search folder (default <runs>/sweeps/<dataset>/search_<board>_<fps>fps)")
     z.add_argument("--report", help="also write the reports of both stages (with their tables and the choice) here")
-    z.add_argument("--parallel", type=int)
+    z.add_argument("--parallel", type=positive_int)
     z.add_argument("--data-dir")
     z.add_argument("--quiet", action="store_true")
     z.set_defaults(fn=cmd_search)
@@ -289,14 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "--sample variants of --widths2, thesis recipe by default; writes bench.json (wall time, "
                        "variants/hour) and the report into --out. Resumable like `sweep`.")
     b.add_argument("--dataset", default="mnist")
-    b.add_argument("--widths1", default="128")
-    b.add_argument("--widths2", default="128,88")
-    b.add_argument("--sample", type=int, default=56)
+    b.add_argument("--widths1", default="128", type=_widths_text)
+    b.add_argument("--widths2", default="128,88", type=_widths_text)
+    b.add_argument("--sample", type=positive_int, default=56)
     b.add_argument("--recipe", default="thesis")
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--limit", type=int, help="training examples per variant (default: all)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--parallel", type=int)
+    b.add_argument("--epochs", type=positive_int)
+    b.add_argument("--limit", type=positive_int, help="training examples per variant (default: all)")
+    b.add_argument("--seed", type=seed_int, default=0)
+    b.add_argument("--parallel", type=positive_int)
     b.add_argument("--data-dir")
     b.add_argument("--out", default="docs/results/mnist-sweep", help="report folder (default docs/results/mnist-sweep)")
     b.add_argument("--quiet", action="store_true")

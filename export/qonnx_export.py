@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ExportError", "export_model", "export_run", "check_export", "QONNX_FILE",
-           "REPORT_FILE"]
+__all__ = ["ExportError", "ExportInputError", "export_model", "export_run", "check_export",
+           "QONNX_FILE", "REPORT_FILE"]
 
 QONNX_FILE = "model.qonnx.onnx"
 REPORT_FILE = "export.json"
@@ -21,6 +21,11 @@ REPORT_FILE = "export.json"
 
 class ExportError(RuntimeError):
     """Export failed or the exported model disagrees with PyTorch (one-line message)."""
+
+
+class ExportInputError(ExportError):
+    """The run cannot be exported as given (missing, unfinished or corrupt run, a float model,
+    unreadable test set): bad input, exit code 2 in the CLIs."""
 
 
 def export_model(model, n_inputs: int, out_path: str | Path, input_max: int | None = None) -> Path:
@@ -103,21 +108,23 @@ def export_run(run_dir: str | Path, n_check: int = 1000, progress: bool = False)
 
     run = Path(run_dir)
     if int(n_check) < 1:
-        raise ExportError(f"--n-check must be >= 1, got {n_check}")
+        raise ExportInputError(f"--n-check must be >= 1, got {n_check}")
     try:
-        model, spec, options, config = load_run(run)
-    except (TrainError, OSError, KeyError, ValueError) as e:
-        raise ExportError(f"{run}: cannot load the trained run ({e})") from None
+        model, spec, options, config = load_run(run)  # refuses an unfinished or corrupt run
+    except TrainError as e:
+        raise ExportInputError(str(e)) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise ExportInputError(f"{run}: cannot load the trained run ({e})") from None
     if not spec.fpga_able:
         why = "a float model" if not spec.binary else "its F shortcut is a float layer"
-        raise ExportError(f"{run}: {spec.name} cannot go to the FPGA ({why}); export needs a "
-                          "binary model with no shortcut, P or Q")
+        raise ExportInputError(f"{run}: {spec.name} cannot go to the FPGA ({why}); export needs a "
+                               "binary model with no shortcut, P or Q")
     try:
         x_test, y_test = load_test_set(run)
     except (ExecError, OSError) as e:
-        raise ExportError(f"{run}: cannot load the test images ({e})") from None
+        raise ExportInputError(f"{run}: cannot load the test images ({e})") from None
     except Exception as e:  # the data module's own DataError
-        raise ExportError(f"{run}: cannot load the test images ({e})") from None
+        raise ExportInputError(f"{run}: cannot load the test images ({e})") from None
     t0 = time.perf_counter()
     out = run / QONNX_FILE
     try:

@@ -165,14 +165,16 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from train.cli_types import positive_int
+
     ap = argparse.ArgumentParser(prog="python -m hw_build.bench_sim",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="training run folder (config.json, checkpoint)")
     ap.add_argument("--build", default=None, help="hardware build folder (default: the newest "
                     "<run>/hw/*/ with golden.npz)")
-    ap.add_argument("--finn-images", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--finn-images", type=positive_int, default=200)
+    ap.add_argument("--threads", type=positive_int, default=2, help="PyTorch threads")
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="docs/results/sim-speed.md")
     a = ap.parse_args(argv)

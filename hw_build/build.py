@@ -31,7 +31,7 @@ CONFIG_FILE = "build_config.json"
 LOG_FILE = "build.log"
 # files a build writes beside steps/ (removed when a folder is rebuilt from scratch)
 _ARTIFACTS = ("report.json", "report.md", "golden.npz", "hw_graph.onnx", "folding_config.json",
-              "folding_info.json", "reference.npz")
+              "folding_info.json", "reference.npz", "sim.json", "cppsim.json", "cppsim.md")
 # what identifies a build's results: a folder built with other values starts over
 _IDENTITY = ("run_dir", "qonnx_file", "fpga_part", "clock_mhz", "frame_rate", "folding_file",
              "folding_search", "budget_fraction", "target", "verify_n", "standalone_thresholds")
@@ -186,7 +186,7 @@ def _start(cfg: ResBinBuildConfig, names: list[str], resume: bool, progress: boo
     if not completed:  # start over: nothing of an earlier build may be mistaken for this one's
         for f in (out / "steps").glob("*.onnx"):
             f.unlink()
-        for f in _ARTIFACTS:
+        for f in [*_ARTIFACTS, *(p.name for p in out.glob("sim-n*.json"))]:
             (out / f).unlink(missing_ok=True)
         completed = _seed_from_sibling(cfg, ident, [step_name(s) for s in GRAPH_STEPS], progress)
     state = {"identity": ident, "completed": completed, "seconds": {}, "status": "running",

@@ -12,14 +12,31 @@ import numpy as np
 
 from hw_build.finn_env import tools
 
-__all__ = ["SimulationError", "simulate", "find_build_dir", "cppsim_available", "cppsim_check",
-           "SIM_FILE"]
+__all__ = ["SimulationError", "SimulationInputError", "simulate", "find_build_dir", "cppsim_available",
+           "cppsim_check", "SIM_FILE", "sim_file"]
 
-SIM_FILE = "sim.json"
+SIM_FILE = "sim.json"  # the whole test set; a partial simulation is sim-n<N>.json beside it
 
 
 class SimulationError(RuntimeError):
-    """The HW graph is missing, or its outputs differ from the QONNX model's (one line)."""
+    """The HW graph is missing, or its outputs differ from the QONNX model's (one line);
+    `result` holds the counts when the simulation ran (the dict that was written)."""
+    result: dict | None = None
+
+
+class SimulationInputError(SimulationError):
+    """A bad image count (n < 1 or more than the test set): bad input, exit code 2."""
+
+
+def sim_file(n_images: int, n_test: int) -> str:
+    """sim.json for the whole test set, sim-n<N>.json for the first N images: a partial result
+    never replaces the full one."""
+    return SIM_FILE if n_images >= n_test else f"sim-n{n_images}.json"
+
+
+def check_n(n, n_test: int) -> None:
+    if n is not None and (isinstance(n, bool) or int(n) != n or not 1 <= int(n) <= n_test):
+        raise SimulationInputError(f"--n {n}: expected 1..{n_test} (the test set's images), or none for all")
 
 
 def find_build_dir(path: str | Path) -> tuple[Path, Path]:
@@ -86,8 +103,9 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
     """Execute the HW graph of a build (or the newest build of a run) on the test set.
 
     Returns {accuracy, identical ("N/N": integer outputs equal to the QONNX model's), labels
-    equal to QONNX, n_images, seconds, images_per_s, cppsim}; writes sim.json in the build dir.
-    Raises SimulationError if any image differs."""
+    equal to QONNX, n_images, seconds, images_per_s, cppsim}; writes sim.json in the build dir
+    (sim-n<N>.json for the first N < all images). Raises SimulationError if any image differs,
+    SimulationInputError for an `n` outside 1..test images."""
     from hw_build.steps import HW_GRAPH_FILE
     from hw_build.verify import QONNX_FILE, execute, int_output_tensor, integer_outputs, load_test_set
 
@@ -97,6 +115,8 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
     if not qonnx.exists():
         raise SimulationError(f"{qonnx}: no QONNX model (run `python -m export {run_dir}`)")
     x, y = load_test_set(run_dir)
+    n_test = len(x)
+    check_n(limit, n_test)
     if limit is not None:
         x, y = x[:int(limit)], y[:int(limit)]
     t0 = time.perf_counter()
@@ -127,14 +147,20 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
                                      q_int[:cppsim_images], fpga_part, build_dir / "cppsim")
     else:
         out["cppsim"] = why if not ok else "cppsim skipped: no FPGA part given"
-    (build_dir / SIM_FILE).write_text(json.dumps(out, indent=2) + "\n")
+    (build_dir / sim_file(len(x), n_test)).write_text(json.dumps(out, indent=2) + "\n")
     if not same.all():
         i = int(np.argmax(~same))
-        raise SimulationError(f"{build_dir / HW_GRAPH_FILE}: integer outputs differ from the QONNX "
-                              f"model on {int((~same).sum())} of {len(x)} test images (first: "
-                              f"image {i}, {hw_int[i].tolist()} vs {q_int[i].tolist()})")
+        raise _with_result(out, f"{build_dir / HW_GRAPH_FILE}: integer outputs differ from the QONNX "
+                                f"model on {int((~same).sum())} of {len(x)} test images (first: "
+                                f"image {i}, {hw_int[i].tolist()} vs {q_int[i].tolist()})")
     if isinstance(out["cppsim"], dict) and out["cppsim"]["cppsim_identical"] != out["cppsim"]["cppsim_images"]:
-        raise SimulationError(f"cppsim of {build_dir / HW_GRAPH_FILE} differs from the QONNX model on "
-                              f"{out['cppsim']['cppsim_images'] - out['cppsim']['cppsim_identical']} "
-                              f"of {out['cppsim']['cppsim_images']} images")
+        raise _with_result(out, f"cppsim of {build_dir / HW_GRAPH_FILE} differs from the QONNX model "
+                                f"on {out['cppsim']['cppsim_images'] - out['cppsim']['cppsim_identical']} "
+                                f"of {out['cppsim']['cppsim_images']} images")
     return out
+
+
+def _with_result(out: dict, msg: str) -> SimulationError:
+    e = SimulationError(msg)
+    e.result = out
+    return e

@@ -70,7 +70,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run, capsys):
 
     with pytest.raises(ExportError, match="no trained run here"):
         export_run(tmp_path)
-    assert main([str(tmp_path)]) == 1
+    assert main([str(tmp_path)]) == 2  # bad input
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     copy = tmp_path / "copy"

@@ -22,7 +22,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _deployed_fn(pool_window: int):
     def fn(spec, n_in, n_out):
         from train.models import ModelOptions, build_model, deployed_size
-        res = deployed_size(build_model(spec, n_in, n_out, ModelOptions(pool_window=pool_window)))
+        res = deployed_size(build_model(spec, n_in, n_out, ModelOptions(pool_window=int(pool_window))))
         return dict(res, bits=res["total_bits"])
     return fn
 
@@ -30,7 +30,7 @@ def _deployed_fn(pool_window: int):
 def main_size(argv) -> int:
     from train.size import POOL_WINDOW, main_size as size_main
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--pool-window", type=int, default=POOL_WINDOW)
+    pre.add_argument("--pool-window", default=POOL_WINDOW)  # checked by size_main's own parser
     known, _ = pre.parse_known_args(argv)
     try:
         return size_main(argv, deployed_fn=_deployed_fn(known.pool_window))
@@ -40,9 +40,8 @@ def main_size(argv) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.models import ModelOptions
+    from train.cli_types import add_option_args, positive_int, seed_int
     from train.recipes import DEFAULT_RECIPE, RECIPES
-    d = ModelOptions()
     p = argparse.ArgumentParser(
         prog="python -m train",
         description="Train and evaluate one binary residual MLP (or float baseline); results go to one run "
@@ -51,26 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="mnist, cifar10, imdb, reuters or idx:<dir>")
     p.add_argument("--model", required=True, help="thesis notation, e.g. 'B-D128N,D88N,PN,D' or 'F-128,88'")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES), help=f"default {DEFAULT_RECIPE}")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-bits", type=int, default=d.input_bits, help="input quantizer bits (1..8)")
-    p.add_argument("--shortcut-bits", type=int, default=d.shortcut_weight_bits, help="Q/P shortcut weight bits")
-    p.add_argument("--add-bits", type=int, default=d.add_bits, help="shared add quantizer bits")
-    p.add_argument("--output-bits", type=int, default=d.output_weight_bits, help="output layer weight bits")
-    p.add_argument("--pool-window", type=int, default=d.pool_window, help="P shortcut pooling window")
-    p.add_argument("--pool-mode", default=d.pool_mode, choices=("flat", "vertical"),
-                   help="P: 1-D over the flat input, or k x 1 over image rows with columns as channels")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate of the D layers")
-    p.add_argument("--val", help="validation split: a count (5000) or a share (0.1, 10%%) of the training "
-                                 "examples (default: 10,000 for mnist/cifar10/imdb and user sets of >= 50,000, "
-                                 "1,000 for reuters, else 10 %%; an npz's x_val/y_val when it has them)")
+    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (the student's; a "
+                   "distilling recipe's teacher keeps its own)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    add_option_args(p)
+    add_val_arg(p)
     p.add_argument("--data-dir", help="data folder (default $RESBIN_DATA/<name> or ~/.cache/resbin/<name>)")
     p.add_argument("--run-dir", help="run folder (default runs/<dataset>/<model slug>[__options])")
-    p.add_argument("--limit-train", type=int, help="train on the first N training examples only")
+    p.add_argument("--limit-train", type=positive_int, help="train on the first N training examples only")
     p.add_argument("--device", help="torch device (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (small models: 1-2 is fastest)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    p.add_argument("--force", action="store_true", help="retrain even if the run folder holds a run")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (small models: 1-2 is fastest)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last epoch (make: RESUME=1)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even if the run folder holds a run (make: FORCE=1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-run-dir", action="store_true",
                    help="print the run folder these arguments name, and exit (the Makefile uses it)")
@@ -86,21 +79,16 @@ def main(argv=None) -> int:
         return main_variants(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        from train.models import ModelOptions
+        from train.cli_types import options_from_args
         from train.trainer import train_run
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)
-        options = ModelOptions(input_bits=args.input_bits, shortcut_weight_bits=args.shortcut_bits,
-                               add_bits=args.add_bits, output_weight_bits=args.output_bits,
-                               pool_window=args.pool_window, pool_mode=args.pool_mode, dropout=args.dropout)
+        options = options_from_args(args)
         if args.print_run_dir:
-            from train.models import options_suffix
             from train.spec import ModelSpec
-            from train.trainer import default_run_dir
-            from train.data import parse_val, val_suffix
-            slug = ModelSpec.parse(args.model).slug + options_suffix(options) + val_suffix(parse_val(args.val))
-            print(args.run_dir or default_run_dir(args.dataset, slug))
+            from train.trainer import run_folder
+            print(run_folder(args.dataset, ModelSpec.parse(args.model), options, args.run_dir, val=args.val))
             return 0
         metrics = train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
                   run_dir=args.run_dir, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
@@ -109,7 +97,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is in checkpoint.pt; rerun with --resume", file=sys.stderr)
+        print("interrupted: the last finished epoch is in checkpoint.pt; rerun with --resume (make RESUME=1)",
+              file=sys.stderr)
         return 130
     from train.trainer import summary_table
     print(summary_table(metrics))

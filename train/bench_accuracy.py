@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from train.cli_types import positive_int, seed_int
 from train.runs import runs_root
 from train.spec import ModelSpec
 from train.trainer import train_run
@@ -85,8 +86,8 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.bench_accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="strong")
-    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--seed", type=seed_int, default=0)
     ap.add_argument("--models", default=";".join(MODELS), help="';'-separated model names")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=Path("docs/results/mnist-accuracy.md"))

@@ -5,6 +5,12 @@
 latent weights clipped to [-1, 1], random +-1 px shifts, distillation (alpha 0.7, T 4) from a float
 teacher twice as wide (BN on every layer, same shifts, 30 epochs, cached as teacher.pt).
 
+The teacher keeps its `teacher_epochs` whatever `--epochs` says (that sets the student's): so
+`EPOCHS=1` still trains a 30-epoch teacher once, and every student of these widths (a sweep's
+variants, a later longer run) reuses that cached teacher instead of each scaling its own; the
+progress output says so. The teacher is checkpointed every epoch and resumes with `--resume`
+(train.teacher).
+
 Measured (B-D128N,D88N,D88N,QN,D, real MNIST, 50k train, 15 epochs of the strong schedule, one
 CPU thread, seed 0; test accuracy, noise about 0.2 %): no shifts, no distillation 0.9669;
 +-2 px shifts 0.9572 (under-fits at 15 epochs); +-2 px + distillation 0.9545; +-1 px 0.9671;

@@ -149,15 +149,17 @@ def _deployed_rows(result: dict) -> list[tuple[str, int]]:
 
 def main_size(argv=None, deployed_fn=None) -> int:
     """`python -m train size NAME (--dataset D | --inputs N --outputs M) [--pool-window 9] [--layers]`."""
+    from train.cli_types import positive_int
+
     p = argparse.ArgumentParser(prog="python -m train size",
                                 description="Model size in the thesis's accounting (KiB, Keras/Larq summary) "
                                             "against the float baseline of the same widths, and the deployed "
                                             "size (bits the accelerator stores).")
     p.add_argument("name", help="model in the thesis notation, e.g. 'B-D128N,D88N,PN,D'")
     p.add_argument("--dataset", help="data set giving inputs/outputs: mnist, cifar10, imdb, reuters, idx:<dir>")
-    p.add_argument("--inputs", type=int, help="input width (instead of --dataset)")
-    p.add_argument("--outputs", type=int, help="output width (instead of --dataset)")
-    p.add_argument("--pool-window", type=int, default=POOL_WINDOW,
+    p.add_argument("--inputs", type=positive_int, help="input width (instead of --dataset)")
+    p.add_argument("--outputs", type=positive_int, help="output width (instead of --dataset)")
+    p.add_argument("--pool-window", type=positive_int, default=POOL_WINDOW,
                    help=f"P shortcut pooling window (default {POOL_WINDOW}, as the thesis's size tables)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer breakdown")
     args = p.parse_args(argv)

@@ -15,6 +15,9 @@ import sys
 from dataclasses import dataclass
 
 MAX_HIDDEN = 4  # the thesis's generator: "de una a cuatro capas ocultas" (sec. 5.5.1)
+# Widest hidden layer: one 4096 x 4096 binary layer (16.8 Mbit of weights) already exceeds the
+# on-chip memory of every board hw_build knows; wider ones only fail later, in the allocator.
+MAX_WIDTH = 4096
 SHORTCUTS = ("P", "F", "Q")
 KINDS = ("B", "F")
 EXAMPLE = "B-D128N,D88N,PN,D"
@@ -56,6 +59,8 @@ class ModelSpec:
         for i, w in enumerate(widths, 1):
             if isinstance(w, bool) or not isinstance(w, int) or w < 1:
                 raise SpecError(f"hidden width {i} must be an integer >= 1, got {w!r}")
+            if w > MAX_WIDTH:
+                raise SpecError(f"hidden width {i} is {w}; at most {MAX_WIDTH}")
         for field in ("dropout", "batchnorm"):
             flags = tuple(getattr(self, field))
             if len(flags) != len(widths):
@@ -97,6 +102,10 @@ class ModelSpec:
                 if shortcut is not None:
                     raise SpecError(f"layer token {tok!r} {where} follows the shortcut {shortcut!r}; "
                                     "the shortcut comes after all hidden layers (only a final D may follow it)")
+                if len(digits) > len(str(MAX_WIDTH)) + 1 or int(digits) > MAX_WIDTH:  # no int() of 5000 digits
+                    short = tok if len(tok) <= 24 else f"{tok[:12]}... ({len(digits)} digits)"
+                    raise SpecError(f"hidden width {short!r} of layer {len(widths) + 1} is too wide; "
+                                    f"at most {MAX_WIDTH}")
                 if int(digits) < 1:
                     raise SpecError(f"hidden width must be >= 1, got {tok!r} {where}")
                 if digits != str(int(digits)):
@@ -271,14 +280,16 @@ def enumerate_variants(widths, kind: str = "B") -> list[ModelSpec]:
 
 def main_variants(argv=None) -> int:
     """`python -m train variants --widths 128,88 [--kind B] [--count] [--inputs N --outputs M]`."""
+    from train.cli_types import positive_int
+
     p = argparse.ArgumentParser(prog="python -m train variants",
                                 description="List the thesis's valid variants for given hidden widths, "
                                             "in its generation order, with their configuration bits.")
     p.add_argument("--widths", required=True, help="hidden widths, comma-separated (1 to 4), e.g. 128,88")
     p.add_argument("--kind", default="B", choices=KINDS, help="B binary (default) or F float")
     p.add_argument("--count", action="store_true", help="print only the number of variants")
-    p.add_argument("--inputs", type=int, help="input width: also print the widths list [in,h1..h4,out]")
-    p.add_argument("--outputs", type=int, help="output width (with --inputs)")
+    p.add_argument("--inputs", type=positive_int, help="input width: also print the widths list [in,h1..h4,out]")
+    p.add_argument("--outputs", type=positive_int, help="output width (with --inputs)")
     args = p.parse_args(argv)
     try:
         variants = enumerate_variants(args.widths, args.kind)

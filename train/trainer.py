@@ -2,9 +2,9 @@
 
 `train_run` trains (or resumes, or reuses a finished run), `load_run` rebuilds a trained model.
 Files in the run folder (docs/design.md): config.json, history.csv, checkpoint.pt (written every
-epoch, atomically), metrics.json (at the end), teacher.pt (float teacher of a distilling recipe;
-a copy is cached in ../.teachers/, so sibling runs of the same widths, e.g. a sweep's option
-variants, reuse it).
+epoch, atomically), metrics.json (at the end: its presence marks a finished run, see
+train.run_state), teacher.pt (float teacher of a distilling recipe, see train.teacher),
+train.lock (one training process per run folder, see train.run_lock).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,16 +26,15 @@ from tqdm.auto import tqdm
 
 from train.models import ModelError, ModelOptions, ResBinMLP, build_model, deployed_size
 from train.recipes import Recipe, get_recipe
+from train.run_lock import training_lock
+from train.run_state import FORCE_HINT, TrainError, read_checkpoint, require_finished
 from train.runs import run_dir as default_run_dir
 from train.spec import ModelSpec
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # What makes two runs the same run (the rest of config.json is provenance).
 IDENTITY_KEYS = ("dataset", "model", "options", "recipe", "epochs", "seed", "limit_train", "val")
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue (mismatched checkpoint, interrupted run without --resume)."""
+__all__ = ["TrainError", "train_run", "run_folder", "load_run", "load_checkpoint_into", "evaluate", "summary_table"]
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -71,12 +69,37 @@ def _describe(cfg: dict) -> str:
     return f"{cfg.get('model')}{' ' + suffix[2:] if suffix else ''} on {cfg.get('dataset')}"
 
 
+def _same_data(saved: dict, wanted: dict) -> bool:
+    """Same data set name and, where both runs recorded it, the same data (sha256 of the arrays)."""
+    a, b = saved.get("data_sha256"), wanted.get("data_sha256")
+    return saved.get("dataset") == wanted.get("dataset") and (a is None or b is None or a == b)
+
+
 def _check_same(saved: dict, wanted: dict, where: Path) -> None:
     """Refuse a run folder whose checkpoint belongs to another spec/options/data set (one line)."""
-    if all(saved.get(k) == wanted.get(k) for k in ("dataset", "model", "options")):
+    if _same_data(saved, wanted) and all(saved.get(k) == wanted.get(k) for k in ("model", "options")):
         return
-    raise TrainError(f"{where} holds {_describe(saved)}, not {_describe(wanted)}; "
-                     "use another --run-dir or --force to overwrite")
+    other = "" if saved.get("dataset") != wanted.get("dataset") or _same_data(saved, wanted) else \
+        " (other data under the same name: its sha256 differs)"
+    raise TrainError(f"{where} holds {_describe(saved)}{other}, not {_describe(wanted)}; "
+                     f"use another --run-dir or {FORCE_HINT} to overwrite")
+
+
+def _data_sha256(ds) -> str:
+    """sha256 over every split's arrays: the identity of the data a run was trained on."""
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_val, ds.y_val, ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _dataset_name(dataset) -> str:
+    """The data set's name as recorded: idx:<dir> / npz:<file> made absolute (one name per folder)."""
+    if isinstance(dataset, str) and dataset[:4] in ("idx:", "npz:"):
+        return dataset[:4] + str(Path(dataset[4:]).expanduser().resolve())
+    return dataset if isinstance(dataset, str) else dataset.name
 
 
 # ---- quantizer state that state_dict() does not keep -------------------------------------------
@@ -244,50 +267,6 @@ def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, t
     return total_loss / seen, correct / seen
 
 
-# ---- teacher ------------------------------------------------------------------------------------
-
-def _teacher(spec: ModelSpec, recipe: Recipe, ds, train: _Split, run: Path, seed: int, device, progress):
-    """Float teacher for distillation: F-<widths x mult with N>, trained once and cached as teacher.pt."""
-    widths = tuple(w * recipe.teacher_width_mult for w in spec.widths)
-    tspec = ModelSpec("F", widths, (False,) * len(widths), (True,) * len(widths))
-    trecipe = Recipe(f"{recipe.name}-teacher", optimizer=recipe.optimizer, lr=recipe.lr,
-                     batch_size=recipe.batch_size, epochs=recipe.teacher_epochs, schedule=recipe.schedule,
-                     warmup_epochs=recipe.warmup_epochs, weight_decay=recipe.weight_decay,
-                     label_smoothing=recipe.label_smoothing, shift_px=recipe.shift_px, latent_clip=None)
-    key = {"teacher": tspec.name, "recipe": trecipe.to_dict(), "seed": seed, "dataset": ds.name,
-           "n_train": len(train)}
-    model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
-    path = run / "teacher.pt"
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    # one teacher serves every student of these widths in the sibling run folders (a sweep's
-    # option variants): cached beside them, keyed by everything that makes the teacher
-    shared = run.parent / ".teachers" / f"{tspec.slug}-{digest}.pt"
-    for cached in (path, shared):
-        if cached.exists():
-            ck = torch.load(cached, map_location="cpu", weights_only=False)
-            if ck.get("key") == key:
-                model.load_state_dict(ck["model"])
-                if cached != path:
-                    _atomic_write_bytes(path, lambda p: shutil.copyfile(cached, p))
-                return model.to(device).eval(), ck["val_acc"]
-    _seed_all(seed + 7919)
-    model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
-    model.to(device)
-    gen = torch.Generator().manual_seed(seed + 7919)
-    steps = math.ceil(len(train) / trecipe.batch_size)
-    opt = _make_optimizer(model, trecipe)
-    sched = _make_scheduler(opt, trecipe, steps)
-    val = _Split(ds.x_val, ds.y_val, device)
-    for ep in range(1, trecipe.epochs + 1):
-        _train_epoch(model, opt, sched, trecipe, train, image_shape=ds.image_shape, gen=gen, teacher=None,
-                     desc=f"teacher {tspec.name} {ep}/{trecipe.epochs}", progress=progress)
-    _, val_acc = evaluate(model, val)
-    _atomic_write_bytes(path, lambda p: torch.save({"key": key, "model": model.state_dict(), "val_acc": val_acc}, p))
-    shared.parent.mkdir(exist_ok=True)
-    _atomic_write_bytes(shared, lambda p: shutil.copyfile(path, p))
-    return model.eval(), val_acc
-
-
 # ---- the run ------------------------------------------------------------------------------------
 
 def _resolve_device(device):
@@ -335,18 +314,32 @@ def _thesis_sizes(spec, n_in, n_out, options):
         return None, None
 
 
+def run_folder(dataset, spec: ModelSpec, options: ModelOptions = ModelOptions(), run_dir=None,
+               val=None) -> Path:
+    """The run folder of `spec` with `options` (and an explicit validation split `val`) on
+    `dataset` (name or Dataset): `run_dir` if given."""
+    from train.data import parse_val, val_suffix
+    from train.models import options_suffix
+
+    if run_dir is not None:
+        return Path(run_dir)
+    slug = spec.slug + options_suffix(options) + val_suffix(parse_val(val))
+    return default_run_dir(_dataset_name(dataset), slug)
+
+
 def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOptions = ModelOptions(), seed=0,
               run_dir=None, resume=False, data_dir=None, limit_train=None, device=None, progress=True,
               force=False, stop_after=None, val=None) -> dict:
     """Train `model` (spec or name) on `dataset` (name or a loaded `train.data.Dataset`); returns metrics.
 
-    A finished run with the same config is returned as is unless `force`; an interrupted one needs
-    `resume=True` (continues bit for bit from the last epoch) or `force` (starts over).
+    A finished run with the same config (and data: sha256 of the arrays) is returned as is unless
+    `force`; an interrupted one needs `resume=True` (continues bit for bit from the last epoch, the
+    teacher's too) or `force` (starts over). One process at a time per run folder (train.lock).
     `stop_after=k` ends after epoch k (checkpoint written, no metrics), as an interruption would.
     `val`: the validation split (`--val`: count or share; None: the data set's default), part of
     the run's identity and, when given, of its folder name (`__val<N>`).
     """
-    from train.data import Dataset, load_dataset, parse_val, val_suffix
+    from train.data import Dataset, load_dataset, parse_val
 
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     rec = get_recipe(recipe).with_epochs(epochs)
@@ -354,17 +347,26 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir, n_val=val)
     # Refuses impossible models (bad options, widths) before anything is written.
     build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max)
-    from train.models import options_suffix
-    ds_name = dataset if isinstance(dataset, str) else ds.name
-    run = Path(run_dir) if run_dir is not None else default_run_dir(ds_name, spec.slug + options_suffix(options) + val_suffix(val))
+    ds_name = _dataset_name(dataset)
+    run = run_folder(dataset, spec, options, run_dir, val=val)
     dev = _resolve_device(device)
-    config = {"dataset": ds_name, "model": spec.name,
+    config = {"dataset": ds_name, "data_sha256": _data_sha256(ds), "model": spec.name,
               "options": options.to_dict(), "recipe": rec.to_dict(), "epochs": rec.epochs, "seed": int(seed),
               "limit_train": limit_train, "val": val, "n_val": len(ds.y_val), "data_dir": str(data_dir) if data_dir is not None else None,
               "n_inputs": ds.n_inputs, "n_outputs": ds.n_outputs, "input_max": ds.input_max,
               "image_shape": list(ds.image_shape) if ds.image_shape is not None else None,
               "versions": _versions()}
+    with training_lock(run):
+        return _train_locked(spec, rec, ds, run, dev, config, options=options, seed=seed, resume=resume,
+                             limit_train=limit_train, progress=progress, force=force, stop_after=stop_after)
+
+
+def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed, resume, limit_train, progress,
+                  force, stop_after) -> dict:
+    from train.teacher import PARTIAL_FILE, train_teacher
+
     ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.json"
+    partial_teacher = run / PARTIAL_FILE
 
     start_epoch, history, ckpt = 0, [], None
     if (run / "config.json").exists() and not force:
@@ -374,20 +376,21 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
         if same and metrics_path.exists():
             metrics = _read_json(metrics_path)
             if progress:
-                print(f"finished run reused (pass --force to retrain): {run}", file=sys.stderr)
+                print(f"finished run reused (pass {FORCE_HINT} to retrain): {run}", file=sys.stderr)
             return metrics
         if not same:
             diff = [k for k in IDENTITY_KEYS if saved.get(k) != config[k]]
             raise TrainError(f"{run} holds a run of {spec.name} with another {', '.join(diff)}; "
-                             "use --force to start over or another --run-dir")
-        if ckpt_path.exists() and not resume:
-            raise TrainError(f"{run} holds an interrupted run; pass --resume to continue it or --force to start over")
+                             f"use {FORCE_HINT} to start over or another --run-dir")
+        if (ckpt_path.exists() or partial_teacher.exists()) and not resume:
+            raise TrainError(f"{run} holds an interrupted run; pass --resume (make RESUME=1) to continue it "
+                             f"or {FORCE_HINT} to start over")
         if ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            _check_same(ckpt["config"], config, ckpt_path)
+            ckpt = read_checkpoint(ckpt_path)
+            _check_same(ckpt.get("config") or {}, config, ckpt_path)
     run.mkdir(parents=True, exist_ok=True)
     if force:
-        for f in (metrics_path, ckpt_path, run / "history.csv"):
+        for f in (metrics_path, ckpt_path, run / "history.csv", partial_teacher):
             f.unlink(missing_ok=True)
     _write_json(run / "config.json", config)
 
@@ -401,7 +404,7 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
     net = build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max).to(dev)
     teacher, teacher_acc = None, None
     if rec.distill_alpha > 0 and spec.binary:
-        teacher, teacher_acc = _teacher(spec, rec, ds, train, run, seed, dev, progress)
+        teacher, teacher_acc = train_teacher(spec, rec, ds, train, run, seed, dev, progress)
     if ckpt is not None:
         # Before the optimizer exists: Brevitas re-creates its quantizer modules (and their
         # parameters) when a state dict is loaded.
@@ -464,15 +467,17 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
 
 
 def load_run(run_dir) -> tuple[ResBinMLP, ModelSpec, ModelOptions, dict]:
-    """(model in eval mode with the trained weights, spec, options, config) of a run folder."""
+    """(model in eval mode with the trained weights, spec, options, config) of a finished run folder;
+    an unfinished one (no metrics.json) is refused with the way out (TrainError)."""
     run = Path(run_dir)
     if not (run / "config.json").exists() or not (run / "checkpoint.pt").exists():
         raise TrainError(f"{run}: no trained run here (expected config.json and checkpoint.pt)")
+    require_finished(run)
     config = _read_json(run / "config.json")
     spec = ModelSpec.parse(config["model"])
     options = ModelOptions.from_dict(config["options"])
-    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    _check_same(ckpt["config"], config, run / "checkpoint.pt")
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    _check_same(ckpt.get("config") or {}, config, run / "checkpoint.pt")
     shape = tuple(config["image_shape"]) if config.get("image_shape") else None
     model = build_model(spec, config["n_inputs"], config["n_outputs"], options, shape, input_max=config["input_max"])
     _load_model_state(model, ckpt)
@@ -481,8 +486,8 @@ def load_run(run_dir) -> tuple[ResBinMLP, ModelSpec, ModelOptions, dict]:
 
 def load_checkpoint_into(model: ResBinMLP, checkpoint, spec_name: str | None = None) -> None:
     """Load a checkpoint file into an already built model; refuses another spec/options, naming both."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    saved = ckpt["config"]
+    ckpt = read_checkpoint(checkpoint)
+    saved = ckpt.get("config") or {}
     wanted = dict(saved, model=spec_name or model.spec.name, options=model.options.to_dict())
     if saved.get("model") != wanted["model"] or saved.get("options") != wanted["options"]:
         raise TrainError(f"{checkpoint} holds {_describe(saved)}, not {_describe(wanted)}")
