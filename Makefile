@@ -19,13 +19,9 @@ DIST       ?= dist
 RESUME     ?=
 FORCE      ?=
 REPLACE_RESULTS ?=
-# build options the thesis held fixed (default: the model's defaults)
-INPUT_BITS ?=
-SHORTCUT_BITS ?=
-ADD_BITS   ?=
-OUTPUT_BITS ?=
-POOL_WINDOW ?=
-POOL_MODE  ?=
+# build options the thesis held fixed (default: the model's): train/options.py declares them, and
+# a test checks this list against it; each is passed as its flag, e.g. INPUT_BITS -> --input-bits
+OPTION_VARS := INPUT_BITS SHORTCUT_BITS ADD_BITS OUTPUT_BITS POOL_WINDOW POOL_MODE
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -33,9 +29,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.resbin-lock-$(shell cat env/requirements.lock env/finn-plus.txt | sha256sum | cut -c1-16)
 
 # Optional flags: passed only when the variable is set.
-opt_args   = $(if $(INPUT_BITS),--input-bits $(INPUT_BITS)) $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS)) \
-             $(if $(ADD_BITS),--add-bits $(ADD_BITS)) $(if $(OUTPUT_BITS),--output-bits $(OUTPUT_BITS)) \
-             $(if $(POOL_WINDOW),--pool-window $(POOL_WINDOW)) $(if $(POOL_MODE),--pool-mode $(POOL_MODE))
+opt_args   = $(foreach v,$(OPTION_VARS),$(if $($(v)),--$(subst _,-,$(shell echo $(v) | tr A-Z a-z)) $($(v))))
 model_args = --dataset $(DATASET) $(if $(VAL),--val $(VAL)) --model "$(MODEL)" --seed $(SEED) \
              $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args)
 train_args = $(model_args) $(if $(RUN),--run-dir $(RUN)) $(if $(RESUME),--resume) $(if $(FORCE),--force)

@@ -64,7 +64,7 @@ def bench(runs, *, targets=("1e5", "1e6"), board: str = "Pynq-Z2", clock_mhz: fl
 
 def _options_label(run: Path) -> str:
     """The run's non-default build options as its folder suffix, e.g. `__in2_sc4` ('' for defaults)."""
-    from train.models import ModelOptions, options_suffix
+    from train.options import ModelOptions, options_suffix
 
     cfg = read_json(run / "config.json") or {}
     return options_suffix(ModelOptions.from_dict(cfg["options"])) if isinstance(cfg.get("options"), dict) else ""

@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.cli_types import (INPUT_BITS, WEIGHT_BITS, frame_rate as _fps, int_list, positive_int, probability,
-                             seed_int)
+from train.cli_types import frame_rate as _fps, int_list, positive_int, probability, seed_int
 from train.spec import MAX_WIDTH
 
 
@@ -17,12 +16,16 @@ def _strs(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-AXIS_ARGS = (("input_bits", "--input-bits", int_list(*INPUT_BITS), "input quantizer bits, e.g. 1,2,4,8"),
-             ("shortcut_weight_bits", "--shortcut-bits", int_list(*WEIGHT_BITS), "Q/P shortcut weight bits, e.g. 2,4,8"),
-             ("add_bits", "--add-bits", int_list(*WEIGHT_BITS), "bits of the shared residual-add quantizer"),
-             ("output_weight_bits", "--output-bits", int_list(*WEIGHT_BITS), "output layer weight bits"),
-             ("pool_window", "--pool-window", int_list(1), "P shortcut pooling window(s)"),
-             ("pool_mode", "--pool-mode", _strs, "P shortcut pooling: flat,vertical"))
+def _axis_args() -> list[tuple]:
+    """(option, flag, type, help) of every sweepable model option (train.options)."""
+    from train.cli_types import option_type
+    from train.options import SWEEP_AXES, option_fields
+
+    return [(f.name, f.metadata["flag"], option_type(f, many=True) or _strs,
+             f.metadata["help"] + " (comma list)") for f in option_fields() if f.name in SWEEP_AXES]
+
+
+AXIS_ARGS = _axis_args()
 _widths = int_list(1, MAX_WIDTH)
 
 

@@ -28,8 +28,6 @@ from dse.sweep import estimate_row
 FPS_TOL = 0.999  # FINN's folding lands on whole cycles: 1e6 requested -> 1,020,408 or 1,000,000
 EST_COLUMNS = ("spec", "options", "run_dir", "board", "target_fps", "est_fps", "lut", "bram18", "dsp",
                "fits", "hw_error")
-MAKE_VARS = {"input_bits": "INPUT_BITS", "shortcut_weight_bits": "SHORTCUT_BITS", "add_bits": "ADD_BITS",
-             "output_weight_bits": "OUTPUT_BITS", "pool_window": "POOL_WINDOW", "pool_mode": "POOL_MODE"}
 
 
 class ParetoError(ValueError):
@@ -185,7 +183,7 @@ def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy:
 
 def make_args(row: dict, *, board: str | None = None, target_fps: float | None = None) -> list[str]:
     """`VAR=value` assignments that hand the chosen variant to `make bitstream`."""
-    from train.models import ModelOptions
+    from train.options import MAKE_VARS, ModelOptions
 
     default = ModelOptions()
     out = [f"DATASET={row['dataset']}", f"MODEL={row['spec']}"]

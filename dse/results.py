@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from train.options import OPTION_NAMES, OPTION_SCOPE  # noqa: F401 (OPTION_SCOPE re-exported)
+
 COMPONENTS = ("N", "P", "F", "Q", "D1", "N1", "D2", "N2", "D3", "N3", "D4", "N4", "D")  # thesis bit order
-OPTION_COLUMNS = ("input_bits", "shortcut_weight_bits", "add_bits", "output_weight_bits",
-                  "pool_window", "pool_mode", "dropout")
-# Options that only change variants with these shortcut kinds (the others: every binary variant).
-OPTION_SCOPE = {"shortcut_weight_bits": ("P", "Q"), "pool_window": ("P",), "pool_mode": ("P",)}
+OPTION_COLUMNS = OPTION_NAMES
+
 HW_COLUMNS = ("board", "target_fps", "est_fps", "lut", "bram18", "dsp", "fits", "hw_error")
 COLUMNS = (
     ("job", "variant", "spec", "kind", "widths", "n_layers", "fpga_able", *COMPONENTS,

@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 
 from dse import results as R
+from train.options import CAPACITY
 
-# axes where a larger value means more capacity or precision (pool_window: the smaller)
-MORE_IS_MORE = ("first_width", "input_bits", "shortcut_weight_bits", "add_bits", "output_weight_bits")
-LESS_IS_MORE = ("pool_window",)
+# which way each axis grows a design (more capacity or precision): train.options.CAPACITY, and
+# the first hidden width
+GROWS_WITH = ("first_width", *(k for k, v in CAPACITY.items() if v > 0))
+SHRINKS_WITH = tuple(k for k, v in CAPACITY.items() if v < 0)
 
 
 class SearchError(ValueError):
@@ -55,8 +57,8 @@ def maximal(rows: pd.DataFrame) -> pd.DataFrame:
         same = df[(df["family"] == r["family"]) & (df["pool_mode"] == r["pool_mode"]) & (df.index != idx)]
         dominated = False
         for _, o in same.iterrows():
-            ge = all(o[a] >= r[a] for a in MORE_IS_MORE) and all(o[a] <= r[a] for a in LESS_IS_MORE)
-            gt = any(o[a] > r[a] for a in MORE_IS_MORE) or any(o[a] < r[a] for a in LESS_IS_MORE)
+            ge = all(o[a] >= r[a] for a in GROWS_WITH) and all(o[a] <= r[a] for a in SHRINKS_WITH)
+            gt = any(o[a] > r[a] for a in GROWS_WITH) or any(o[a] < r[a] for a in SHRINKS_WITH)
             if ge and gt:
                 dominated = True
                 break

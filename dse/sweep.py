@@ -29,9 +29,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from dse import results as R
+from train.options import SWEEP_AXES as OPTION_AXES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OPTION_AXES = ("input_bits", "shortcut_weight_bits", "add_bits", "output_weight_bits", "pool_window", "pool_mode")
 IDENTITY = ("dataset", "recipe", "epochs", "limit_train", "seed", "board", "target_fps")
 
 
@@ -54,7 +54,7 @@ def parse_widths(widths) -> tuple[int, ...]:
 
 def option_combos(options_grid: dict | None) -> list[dict]:
     """Cartesian product of the option axes, each a full `ModelOptions` dict (defaults elsewhere)."""
-    from train.models import ModelOptions
+    from train.options import ModelOptions
 
     grid = dict(options_grid or {})
     unknown = set(grid) - set(OPTION_AXES)
@@ -75,7 +75,7 @@ def relevant_options(spec, opts: dict) -> dict:
     Float models use none; binary ones all of input/add/output bits; shortcut weight bits matter
     for the quantized shortcuts (Q, P), the pooling geometry only for P (see train.models).
     """
-    from train.models import ModelOptions
+    from train.options import ModelOptions
 
     default = asdict(ModelOptions())
     if spec.kind != "B":
@@ -123,7 +123,7 @@ def plan(info: tuple, widths, *, sample: int | None = None, seed: int = 0,
     as the base widths; with `first_widths` the first width is replaced), instead of all/sample.
     `baselines=False` (only with `variants`): without F-<widths> and the plain B-<widths>.
     """
-    from train.models import options_suffix, ModelOptions
+    from train.options import ModelOptions, options_suffix
     from train.spec import ModelSpec, enumerate_variants
 
     n_in, n_out, _, image_shape = info
@@ -175,7 +175,7 @@ def _job(n: int, idx, spec, opts: dict, suffix: str, n_in: int, n_out: int, imag
 def design_jobs(info: tuple, designs) -> list[dict]:
     """Jobs for an explicit list of designs, (binary variant name, options dict) pairs, of any
     widths (the board search's final stage); options left out take their defaults."""
-    from train.models import ModelOptions, options_suffix
+    from train.options import ModelOptions, options_suffix
     from train.spec import ModelSpec, enumerate_variants
 
     n_in, n_out, _, image_shape = info
@@ -387,7 +387,7 @@ def _write_config(out: Path, identity: dict, invocation: dict) -> None:
                              "use another --out folder")
     else:
         cfg = {"identity": identity, "invocations": [], "runs": []}
-    from train.models import ModelOptions
+    from train.options import ModelOptions
 
     cfg.setdefault("invocations", []).append({
         **invocation, "started": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -439,7 +439,7 @@ def train_variant(job: dict, dataset) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from train.models import ModelOptions
+    from train.options import ModelOptions
     from train.trainer import train_run
 
     opts = ModelOptions(**{f.name: job[f.name] for f in fields(ModelOptions)})

@@ -135,13 +135,18 @@ def test_hw_build_dataset_reuses_only_the_exact_run(tmp_path, monkeypatch, idx_m
     monkeypatch.setenv("RESBIN_DATA", str(mnist_dir.parent))
     ask = ["--dataset", f"idx:{idx_mnist}", "--model", "B-8N,QN", "--recipe", "thesis", "--epochs", "1", "--quiet"]
     run = resolve_run(_hw_args(*ask))  # trains, then exports
-    assert run == tmp_path / "runs" / "mnist" / "B-8N_QN" and (run / "model.qonnx.onnx").exists()
+    assert run.parent.name.startswith("idx-mnist-") and run.name == "B-8N_QN"
+    assert (run / "model.qonnx.onnx").exists()
+    # the real MNIST of the same model has its own folder: never this idx: run
+    from train.options import ModelOptions
+    from train.spec import ModelSpec
+    from train.trainer import run_folder
+
+    assert run_folder("mnist", ModelSpec.parse("B-8N,QN"), ModelOptions()).parent.name == "mnist"
     stamp = (run / "checkpoint.pt").stat().st_mtime_ns
     assert resolve_run(_hw_args(*ask)) == run and (run / "checkpoint.pt").stat().st_mtime_ns == stamp
-    # the real MNIST, another recipe / epochs / seed / option: a one-line error, nothing retrained
-    for other, why in ((["--dataset", "mnist", "--model", "B-8N,QN", "--recipe", "thesis", "--epochs", "1"],
-                        "on idx:"),
-                       ([*ask[:4], "--recipe", "strong", "--epochs", "5"], "another recipe, epochs"),
+    # another recipe / epochs / seed / option: a one-line error, nothing retrained
+    for other, why in (([*ask[:4], "--recipe", "strong", "--epochs", "5"], "another recipe, epochs"),
                        ([*ask[:6], "--epochs", "2"], "another recipe, epochs"),  # the recipe holds its epochs
                        ([*ask, "--seed", "3"], "another seed")):
         assert main(["estimate", *other, "--quiet"]) == 2

@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 
-# the model options' ranges (train.models._check_options holds the same: refused there too)
-INPUT_BITS = (1, 8)
-WEIGHT_BITS = (2, 16)
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
@@ -83,31 +80,33 @@ frame_rate = float_range(0.0, lo_open=True, what="a frame rate such as 1e6")
 clock_mhz = float_range(1.0, 1000.0, what="a clock in MHz")  # hw_build.build refuses the same
 
 
+def option_type(f, many: bool = False):
+    """The argparse type of a model option (train.options metadata); `many`: a comma list (dse axes)."""
+    m = f.metadata
+    if m["choices"] is not None:
+        return None
+    if m["rate"]:
+        return dropout_rate
+    one = int_range(m["lo"], m["hi"], what="a positive integer" if m["hi"] is None else "an integer")
+    return int_list(m["lo"], m["hi"]) if many else one
+
+
 def add_option_args(p, defaults=None) -> None:
-    """The model-option flags (bits, pooling, dropout) of `python -m train` and `hw_build`."""
-    from train.models import ModelOptions
+    """The model-option flags of `python -m train` and `hw_build`, one per train.options field."""
+    from train.options import ModelOptions, option_fields
 
     d = defaults or ModelOptions()
-    p.add_argument("--input-bits", type=int_range(*INPUT_BITS), default=d.input_bits,
-                   help="input quantizer bits (1..8)")
-    p.add_argument("--shortcut-bits", type=int_range(*WEIGHT_BITS), default=d.shortcut_weight_bits,
-                   help="Q/P shortcut weight bits (2..16)")
-    p.add_argument("--add-bits", type=int_range(*WEIGHT_BITS), default=d.add_bits,
-                   help="shared add quantizer bits (2..16)")
-    p.add_argument("--output-bits", type=int_range(*WEIGHT_BITS), default=d.output_weight_bits,
-                   help="output layer weight bits (2..16)")
-    p.add_argument("--pool-window", type=positive_int, default=d.pool_window, help="P shortcut pooling window")
-    p.add_argument("--pool-mode", default=d.pool_mode, choices=("flat", "vertical"),
-                   help="P: 1-D over the flat input, or k x 1 over image rows with columns as channels")
-    p.add_argument("--dropout", type=dropout_rate, default=d.dropout, help="dropout rate of the D layers")
+    for f in option_fields():
+        m = f.metadata
+        rng = f" ({m['lo']}..{m['hi']})" if m["hi"] is not None and not m["rate"] else ""
+        p.add_argument(m["flag"], dest=f.name, type=option_type(f), choices=m["choices"],
+                       default=getattr(d, f.name), help=m["help"] + rng)
 
 
 def options_from_args(args):
-    from train.models import ModelOptions
+    from train.options import OPTION_NAMES, ModelOptions
 
-    return ModelOptions(input_bits=args.input_bits, shortcut_weight_bits=args.shortcut_bits,
-                        add_bits=args.add_bits, output_weight_bits=args.output_bits,
-                        pool_window=args.pool_window, pool_mode=args.pool_mode, dropout=args.dropout)
+    return ModelOptions(**{k: getattr(args, k) for k in OPTION_NAMES})
 
 
 def add_val_arg(p) -> None:

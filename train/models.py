@@ -19,7 +19,6 @@ so that FINN's thresholds are exact. Float baselines (`F-...`) use torch Linear 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -34,48 +33,8 @@ from brevitas.quant.binary import SignedBinaryActPerTensorConst, SignedBinaryWei
 from brevitas.quant.fixed_point import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
 from brevitas.quant.solver import ActQuantSolver
 
+from train.options import ModelError, ModelOptions, check_options, options_suffix  # noqa: F401 (re-exported)
 from train.spec import ModelSpec
-
-
-class ModelError(ValueError):
-    """A model that cannot be built (bad options, F shortcut on the FPGA path, ...)."""
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    input_bits: int = 8             # input quantizer bits (raw 0..input_max in, /input_max inside)
-    shortcut_weight_bits: int = 8   # Q / P shortcut weights
-    add_bits: int = 8               # the ONE shared quantizer of both residual branches
-    output_weight_bits: int = 8
-    pool_window: int = 9            # P: 784 -> floor(784/9) = 87 features (thesis size tables)
-    pool_mode: str = "flat"         # "flat": 1-D over the flattened input; "vertical": k x 1 over image rows, columns as channels
-    dropout: float = 0.05
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelOptions":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ModelError(f"unknown model options {sorted(unknown)}; expected {sorted(names)}")
-        return cls(**d)
-
-
-_SUFFIX_KEYS = {"input_bits": "in", "shortcut_weight_bits": "sc", "add_bits": "add",
-                "output_weight_bits": "out", "pool_window": "pw", "pool_mode": "pm", "dropout": "do"}
-
-
-def options_suffix(options: ModelOptions) -> str:
-    """Run-folder suffix naming the non-default options: "" for defaults, else e.g. "__in2_sc4"."""
-    default = ModelOptions()
-    parts = []
-    for f in fields(ModelOptions):
-        v = getattr(options, f.name)
-        if v != getattr(default, f.name):
-            parts.append(f"{_SUFFIX_KEYS[f.name]}{v:g}" if isinstance(v, float) else f"{_SUFFIX_KEYS[f.name]}{v}")
-    return "__" + "_".join(parts) if parts else ""
 
 
 # ---- quantizers -------------------------------------------------------------------------------
@@ -309,17 +268,7 @@ class ResBinMLP(nn.Module):
 def _check_options(options: ModelOptions) -> None:
     if not isinstance(options, ModelOptions):
         raise ModelError(f"options must be a ModelOptions, got {type(options).__name__}")
-    for name, lo, hi in (("input_bits", 1, 8), ("shortcut_weight_bits", 2, 16), ("add_bits", 2, 16),
-                         ("output_weight_bits", 2, 16)):
-        v = getattr(options, name)
-        if not isinstance(v, int) or not lo <= v <= hi:
-            raise ModelError(f"option {name}={v!r} is outside {lo}..{hi}")
-    if not isinstance(options.pool_window, int) or options.pool_window < 1:
-        raise ModelError(f"option pool_window={options.pool_window!r} must be a positive integer")
-    if options.pool_mode not in ("flat", "vertical"):
-        raise ModelError(f"option pool_mode={options.pool_mode!r}; expected 'flat' or 'vertical'")
-    if not 0.0 <= options.dropout < 1.0:
-        raise ModelError(f"option dropout={options.dropout!r} must be in [0, 1)")
+    check_options(options)
 
 
 def build_model(spec: ModelSpec | str, n_inputs: int, n_outputs: int, options: ModelOptions = ModelOptions(),
