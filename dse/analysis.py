@@ -13,6 +13,7 @@ import pandas as pd
 
 from dse import thesis_tables as T
 from dse.results import COMPONENTS, OPTION_COLUMNS, OPTION_SCOPE
+from train.shortcuts import DISPLAY_ORDER, LETTERS
 
 ACC = "test_acc"
 # The thesis's row order (tables 9/12/15/18): D, N, P, F, Q, D1, N1, ..., D4, N4.
@@ -147,9 +148,9 @@ def relative_sizes(df: pd.DataFrame) -> pd.DataFrame:
     """Mean relative size (binary / float) per shortcut kind and widths group (thesis table 20)."""
     b = df[(df["kind"] == "B") & df["relative_size"].notna()].copy()
     b = default_rows(b)
-    b["shortcut"] = np.select([b["P"] == 1, b["Q"] == 1, b["F"] == 1], ["P", "Q", "F"], "B")
+    b["shortcut"] = np.select([b[k] == 1 for k in DISPLAY_ORDER], list(DISPLAY_ORDER), "B")
     t = b.pivot_table(index="widths", columns="shortcut", values="relative_size", aggfunc="mean")
-    return t.reindex(columns=[c for c in ("B", "P", "Q", "F") if c in t.columns])
+    return t.reindex(columns=[c for c in ("B", *DISPLAY_ORDER) if c in t.columns])
 
 
 def pareto_mask(x, y, *, x_lower_is_better: bool = True) -> np.ndarray:
@@ -222,8 +223,8 @@ def recommendations(df: pd.DataFrame, dataset: str, *, alpha: float = 0.05, nota
         if ds:
             has_bn = g[[f"N{i}" for i in range(1, L + 1)]].sum(axis=1) > 0
             has_do = g[[f"D{i}" for i in range(1, L + 1)] + ["D"]].sum(axis=1) > 0
-            plain = g[~has_bn & ~has_do & (g[["P", "F", "Q"]].sum(axis=1) == 0)][ACC].mean()
-            only_do = g[has_do & ~has_bn & (g[["P", "F", "Q"]].sum(axis=1) == 0)][ACC].mean()
+            plain = g[~has_bn & ~has_do & (g[list(LETTERS)].sum(axis=1) == 0)][ACC].mean()
+            only_do = g[has_do & ~has_bn & (g[list(LETTERS)].sum(axis=1) == 0)][ACC].mean()
             bn_do, bn_nodo = g[has_bn & has_do][ACC].mean(), g[has_bn & ~has_do][ACC].mean()
             helps = [c for c in ds if coef(c)["coef"] > notable and coef(c)["p"] < alpha]
             verdict = "supports" if not helps else "disagrees" if len(helps) == len(ds) else "partly"
@@ -233,10 +234,10 @@ def recommendations(df: pd.DataFrame, dataset: str, *, alpha: float = 0.05, nota
                                     f"{_f(plain)}; with batch-norm: with dropout {_f(bn_do)}, without "
                                     f"{_f(bn_nodo)}; " + "; ".join(fmt(c) for c in ds)})
         # 3. shortcuts help at a moderate, computable size cost
-        ss = [c for c in ("P", "F", "Q") if coef(c) is not None]
+        ss = [c for c in LETTERS if coef(c) is not None]
         if ss:
             pos = [c for c in ss if coef(c)["coef"] > notable and coef(c)["p"] < alpha]
-            rel = g.assign(sc=np.select([g["P"] == 1, g["Q"] == 1, g["F"] == 1], ["P", "Q", "F"], "none")) \
+            rel = g.assign(sc=np.select([g[k] == 1 for k in DISPLAY_ORDER], list(DISPLAY_ORDER), "none")) \
                    .groupby("sc")["relative_size"].mean()
             verdict = "supports" if len(pos) == len(ss) else "partly" if pos else "disagrees"
             out.append({"widths": w, "thesis": T.RECOMMENDATIONS[2], "verdict": verdict,

@@ -22,6 +22,7 @@ from dse import analysis as A
 from dse import thesis_tables as T
 from dse.pareto import ParetoError, choose, describe, load_sweeps
 from hw_build.boards import FIT_BUDGET
+from train.shortcuts import DISPLAY_ORDER
 
 
 class ReportError(ValueError):
@@ -115,8 +116,8 @@ def plot_front(df: pd.DataFrame, x: str, path: Path, *, xlabel: str, lower_is_be
     plt = _plt()
     d = df[df[x].notna() & df[A.ACC].notna()].copy()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    kinds = np.select([d["kind"] == "F", d["P"] == 1, d["Q"] == 1, d["F"] == 1], ["float", "P", "Q", "F"], "none")
-    for k in ("none", "P", "Q", "F", "float"):
+    kinds = np.select([d["kind"] == "F", *(d[k] == 1 for k in DISPLAY_ORDER)], ["float", *DISPLAY_ORDER], "none")
+    for k in ("none", *DISPLAY_ORDER, "float"):
         s = d[kinds == k]
         if len(s):
             ax.scatter(s[x], s[A.ACC], s=14, label=f"shortcut {k}" if k != "float" else "float baseline", alpha=0.7)

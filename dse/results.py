@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from train.options import OPTION_NAMES, OPTION_SCOPE  # noqa: F401 (OPTION_SCOPE re-exported)
+from train.shortcuts import LETTERS
 
-COMPONENTS = ("N", "P", "F", "Q", "D1", "N1", "D2", "N2", "D3", "N3", "D4", "N4", "D")  # thesis bit order
+COMPONENTS = ("N", *LETTERS, "D1", "N1", "D2", "N2", "D3", "N3", "D4", "N4", "D")  # thesis bit order
 OPTION_COLUMNS = OPTION_NAMES
 
 HW_COLUMNS = ("board", "target_fps", "est_fps", "lut", "bram18", "dsp", "fits", "hw_error")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dse import results as R
 from train.options import SWEEP_AXES as OPTION_AXES
+from train.shortcuts import get_shortcut
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = ("dataset", "recipe", "epochs", "limit_train", "seed", "board", "target_fps")
@@ -103,7 +104,8 @@ def _sizes(spec, opts: dict, n_in: int, n_out: int, image_shape) -> dict:
     rows = S.thesis_size_breakdown(spec, n_in, n_out, pool_window=min(opts["pool_window"], n_in),
                                    shortcut_bits=opts["shortcut_weight_bits"])
     bits = sum(r.bits for r in rows)
-    if spec.shortcut == "P" and opts["pool_mode"] == "vertical" and image_shape is not None:
+    if spec.shortcut is not None and get_shortcut(spec.shortcut).pooled and opts["pool_mode"] == "vertical" \
+            and image_shape is not None:
         h, w = image_shape[0], (n_in // image_shape[0])
         extra = (h // opts["pool_window"]) * w - S.pooled_features(n_in, min(opts["pool_window"], n_in))
         bits += extra * spec.widths[-1] * S.FLOAT_BITS

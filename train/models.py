@@ -34,6 +34,7 @@ from brevitas.quant.fixed_point import Int8ActPerTensorFixedPoint, Int8WeightPer
 from brevitas.quant.solver import ActQuantSolver
 
 from train.options import ModelError, ModelOptions, check_options, options_suffix  # noqa: F401 (re-exported)
+from train.shortcuts import get_shortcut
 from train.spec import ModelSpec
 
 
@@ -165,7 +166,7 @@ class Shortcut(nn.Module):
         self.kind = kind
         self.pool = pool
         n = pool.out_features if pool is not None else n_in
-        if binary and kind in ("Q", "P"):
+        if binary and get_shortcut(kind).quantized:
             self.linear = QuantLinear(n, n_out, bias=not bn, weight_quant=Int8WeightPerTensorFixedPoint,
                                       weight_bit_width=weight_bits)
         else:
@@ -220,7 +221,7 @@ class ResBinMLP(nn.Module):
         self.hidden = nn.ModuleList(blocks)
         self.shortcut = None
         if spec.shortcut is not None:
-            pool = _make_pool(options, n_inputs, image_shape) if spec.shortcut == "P" else None
+            pool = _make_pool(options, n_inputs, image_shape) if get_shortcut(spec.shortcut).pooled else None
             self.shortcut = Shortcut(spec.shortcut, n_inputs, n, binary=binary, bn=spec.shortcut_bn,
                                      pool=pool, weight_bits=options.shortcut_weight_bits)
         self.add_quant = self.add_requant = self.head_quant = None

@@ -19,6 +19,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from train.shortcuts import get_shortcut
 from train.spec import ModelSpec, SpecError
 
 FLOAT_BITS = 32      # m
@@ -78,13 +79,12 @@ def thesis_size_breakdown(spec, n_in: int, n_out: int, pool_window: int = POOL_W
             rows.append(SizeRow(f"bn{i}", 0, 0, 2 * w))
         prev = w
     w = spec.widths[-1]
-    if spec.shortcut == "F":
-        rows.append(SizeRow(f"shortcut F (float {n_in}x{w})", n_in * w, FLOAT_BITS, w))
-    elif spec.shortcut == "Q":
-        rows.append(SizeRow(f"shortcut Q ({shortcut_bits}-bit {n_in}x{w})", n_in * w, shortcut_bits, w))
-    elif spec.shortcut == "P":
-        f = pooled_features(n_in, pool_window)
-        rows.append(SizeRow(f"shortcut P (pool {pool_window}, float {f}x{w})", f * w, FLOAT_BITS, w))
+    if spec.shortcut is not None:
+        kind = get_shortcut(spec.shortcut)
+        n_feat = pooled_features(n_in, pool_window) if kind.pooled else n_in
+        label, n_w, bits = kind.thesis_row(n_feat, w, float_bits=FLOAT_BITS, shortcut_bits=shortcut_bits,
+                                           pool_window=pool_window)
+        rows.append(SizeRow(label, n_w, bits, w))
     if spec.shortcut_bn:
         rows.append(SizeRow("shortcut bn", 0, 0, 2 * w))
     rows.append(SizeRow(f"output (float {prev}x{n_out})", prev * n_out, FLOAT_BITS, n_out))

@@ -14,16 +14,18 @@ import re
 import sys
 from dataclasses import dataclass
 
+from train.shortcuts import LETTERS, get_shortcut
+
 MAX_HIDDEN = 4  # the thesis's generator: "de una a cuatro capas ocultas" (sec. 5.5.1)
 # Widest hidden layer: one 4096 x 4096 binary layer (16.8 Mbit of weights) already exceeds the
 # on-chip memory of every board hw_build knows; wider ones only fail later, in the allocator.
 MAX_WIDTH = 4096
-SHORTCUTS = ("P", "F", "Q")
+SHORTCUTS = LETTERS  # in the thesis's bit order [N, P, F, Q, ...] (train.shortcuts)
 KINDS = ("B", "F")
 EXAMPLE = "B-D128N,D88N,PN,D"
 
 _LAYER_RE = re.compile(r"(D?)(\d+)(N?)")
-_SHORTCUT_RE = re.compile(r"([PFQ])(N?)")
+_SHORTCUT_RE = re.compile(f"([{''.join(LETTERS)}])(N?)")
 
 
 class SpecError(ValueError):
@@ -127,7 +129,8 @@ class ModelSpec:
                 # that right after the shortcut letter, canonical output is "PN".
                 if shortcut is None:
                     raise SpecError(f"batch-norm 'N' {where} without a shortcut; write it after the shortcut "
-                                    "letter (PN, FN or QN) or after a width (128N)")
+                                    f"letter ({', '.join(k + 'N' for k in LETTERS[:-1])} or {LETTERS[-1]}N) or after a "
+                                    "width (128N)")
                 if shortcut_bn:
                     raise SpecError(f"second shortcut batch-norm 'N' {where}")
                 shortcut_bn = True
@@ -139,7 +142,7 @@ class ModelSpec:
                 raise SpecError(f"empty token {where} (stray or doubled comma)")
             else:
                 raise SpecError(f"unknown layer token {tok!r} {where}; expected [D]<width>[N], "
-                                "a shortcut P|F|Q[N] or a final D")
+                                f"a shortcut {'|'.join(LETTERS)}[N] or a final D")
             pos += len(tok) + 1
         if not widths:
             raise SpecError(f"no hidden layer in {text!r} (expected e.g. {EXAMPLE!r})")
@@ -181,8 +184,8 @@ class ModelSpec:
 
     @property
     def fpga_able(self) -> bool:
-        """Binary, and no float dense shortcut (P and Q shortcuts are quantized on the accelerator)."""
-        return self.binary and self.shortcut != "F"
+        """Binary, and a shortcut (if any) that the accelerator can take (train.shortcuts)."""
+        return self.binary and (self.shortcut is None or get_shortcut(self.shortcut).fpga)
 
     def float_baseline(self) -> ModelSpec:
         """The thesis's reference model: `F-<same widths>` without additions."""
