@@ -30,7 +30,7 @@ STAMP  := $(VENV)/.resbin-lock-$(shell cat env/requirements.lock env/finn-plus.t
 
 # Optional flags: passed only when the variable is set.
 opt_args   = $(foreach v,$(OPTION_VARS),$(if $($(v)),--$(subst _,-,$(shell echo $(v) | tr A-Z a-z)) $($(v))))
-model_args = --dataset $(DATASET) $(if $(VAL),--val $(VAL)) --model "$(MODEL)" --seed $(SEED) \
+model_args = --dataset $(DATASET)$(if $(VAL), --val $(VAL)) --model "$(MODEL)" --seed $(SEED) \
              $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(opt_args)
 train_args = $(model_args) $(if $(RUN),--run-dir $(RUN)) $(if $(RESUME),--resume) $(if $(FORCE),--force)
 # hardware targets: hw_build trains (or resumes, or reuses exactly this run) itself, so a model

@@ -40,7 +40,7 @@ def main_size(argv) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.cli_types import add_option_args, positive_int, seed_int
+    from train.cli_types import add_option_args, add_val_arg, positive_int, seed_int
     from train.recipes import DEFAULT_RECIPE, RECIPES
     p = argparse.ArgumentParser(
         prog="python -m train",
