@@ -117,8 +117,10 @@ def _run_info(build: Path, golden_meta: dict) -> tuple[str, str, dict]:
 
 
 def _dataset(asked: str | None, cfg: dict, golden_meta: dict) -> str:
+    from train.runs import dataset_slug   # host only: one name per data set however spelled
+
     trained = cfg.get("dataset") or golden_meta.get("dataset")
-    if asked is not None and trained is not None and asked != trained:
+    if asked is not None and trained is not None and dataset_slug(asked) != dataset_slug(trained):
         raise PackageError(f"--dataset {asked}: the build's model was trained on {trained}")
     if asked is None and trained is None:
         raise PackageError("which data set's test set? pass --dataset")

@@ -86,9 +86,11 @@ def _check_same(saved: dict, wanted: dict, where: Path) -> None:
 
 
 def _data_sha256(ds) -> str:
-    """sha256 over every split's arrays: the identity of the data a run was trained on."""
+    """sha256 of the data a run was trained on: training + validation examples in order (so the
+    validation split, its own identity key `val`, does not change it) and the test set."""
     h = hashlib.sha256()
-    for a in (ds.x_train, ds.y_train, ds.x_val, ds.y_val, ds.x_test, ds.y_test):
+    for a in (np.concatenate([ds.x_train, ds.x_val]), np.concatenate([ds.y_train, ds.y_val]),
+              ds.x_test, ds.y_test):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
