@@ -71,35 +71,39 @@ class BinaryWeightSTE(torch.autograd.Function):
 
 def binary_weight(weight: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():  # Brevitas' InplaceTensorClampSte clamps the parameter itself
-        torch.min(weight, weight.new_tensor(1.0), out=weight)
-        torch.max(weight, weight.new_tensor(-1.0), out=weight)
+        weight.clamp_(-1.0, 1.0)
     return BinaryWeightSTE.apply(weight)
 
 
 class IntQuantSTE(torch.autograd.Function):
-    """Brevitas' `IntQuant` given a scale: ((clamp(round(x / s + z), lo, hi) - z) * s)."""
+    """Brevitas' `IntQuant` given a scale and a zero point of 0: clamp(round(x / s), lo, hi) * s.
+    (Brevitas adds and subtracts the zero point 0, which only turns a -0.0 into +0.0.) Backward:
+    the gradient autograd computes through Brevitas' div, round STE, where-clamp and mul."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, lo: float, hi: float):
-        r = torch.round(x / scale + zero_point)
-        c = torch.clamp(r, lo, hi)
-        q = c - zero_point
-        inside = (1.0 - torch.sign(torch.abs(r - c))).nan_to_num_(1.0)  # where's pass-through mask
-        ctx.save_for_backward(x, scale, q, inside)
+    def forward(ctx, x, scale, lo: float, hi: float):
+        r = torch.round(x / scale)
+        q = torch.clamp(r, lo, hi)
+        ctx.save_for_backward(x, scale, q, r)
         return q * scale
 
     @staticmethod
     def backward(ctx, g):
-        x, scale, q, inside = ctx.saved_tensors
+        x, scale, q, r = ctx.saved_tensors
         g_x = g_scale = None
-        g_q = g * scale
-        g_in = g_q * inside + 0.0
+        inside = torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0)  # where-clamp pass-through
+        g_in = (g * scale).mul_(inside)
         if ctx.needs_input_grad[0]:
             g_x = g_in / scale
         if ctx.needs_input_grad[1]:
             # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape
             g_scale = (g * q).sum_to_size(scale.shape) + (-g_in * ((x / scale) / scale)).sum_to_size(scale.shape)
-        return g_x, g_scale, None, None, None
+        return g_x, g_scale, None, None
+
+
+def _zero_point_is_zero(zero_point: torch.Tensor) -> None:
+    if float(zero_point) != 0.0:
+        raise ValueError(f"fast path: a quantizer has the zero point {float(zero_point)}; it assumes 0")
 
 
 _LN2 = 0.6931471805599453  # the constant of torch's log2 / pow backward formulas
@@ -172,7 +176,7 @@ class _ActQuant:
         with torch.no_grad():
             bw = tq.msb_clamp_bit_width_impl()
             self.int_threshold = tq.int_scaling_impl(bw)
-            self.zero_point = tq.zero_point_impl.zero_point()
+            _zero_point_is_zero(tq.zero_point_impl.zero_point())
             self.threshold = si.restrict_threshold(si.restrict_threshold_pre(self.int_threshold))
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
@@ -198,7 +202,7 @@ class _ActQuant:
         return LearnedScale.apply(si.value, self.threshold, self.clamp_min)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return IntQuantSTE.apply(x, self.scale(x), self.zero_point, self.lo, self.hi)
+        return IntQuantSTE.apply(x, self.scale(x), self.lo, self.hi)
 
 
 class _WeightQuant:
@@ -212,7 +216,7 @@ class _WeightQuant:
             bw = tq.msb_clamp_bit_width_impl()
             int_threshold = tq.int_scaling_impl(bw)
             self.threshold = ss.restrict_clamp_threshold(ss.restrict_threshold_pre(int_threshold))
-            self.zero_point = tq.zero_point_impl.zero_point()
+            _zero_point_is_zero(tq.zero_point_impl.zero_point())
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
         self.clamp_min = ss.clamp_scaling.clamp_min_ste.min_val
@@ -221,7 +225,7 @@ class _WeightQuant:
     def __call__(self) -> torch.Tensor:
         w = self.linear.weight
         scale = WeightScale.apply(w, self.threshold, self.clamp_min, self.clamp_min_restricted)
-        return IntQuantSTE.apply(w, scale, self.zero_point, self.lo, self.hi)
+        return IntQuantSTE.apply(w, scale, self.lo, self.hi)
 
 
 class FastPath:
@@ -233,7 +237,8 @@ class FastPath:
         self.model = m = model
         tq = m.input_quant.act_quant.fused_activation_quant_proxy.tensor_quant
         with torch.no_grad():
-            _, self.in_scale, self.in_zero_point, bw = tq(torch.zeros(1, device=m.output.weight.device))
+            _, self.in_scale, zero_point, bw = tq(torch.zeros(1, device=m.output.weight.device))
+            _zero_point_is_zero(zero_point)
             self.in_lo, self.in_hi = float(tq.int_quant.min_int(bw)), float(tq.int_quant.max_int(bw))
         sc = m.shortcut
         self.shortcut_weight = _WeightQuant(sc.linear) if sc is not None and isinstance(sc.linear, QuantLinear) else None
@@ -246,8 +251,7 @@ class FastPath:
         m = self.model
         x = x / m.input_div
         with torch.no_grad():
-            x = (torch.clamp(torch.round(x / self.in_scale + self.in_zero_point), self.in_lo, self.in_hi)
-                 - self.in_zero_point) * self.in_scale
+            x = torch.clamp(torch.round(x / self.in_scale), self.in_lo, self.in_hi) * self.in_scale
         h = x
         for blk in m.hidden:
             if blk.in_quant is not None:
