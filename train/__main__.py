@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default runs/<dataset>/<model slug>[__options])")
     p.add_argument("--limit-train", type=int, help="train on the first N training examples only")
     p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--trainer", default="fast", choices=("fast", "brevitas"),
+                   help="binary models: step with train.fast_model (Brevitas' arithmetic, bit for bit, "
+                        "several times faster) or through the Brevitas modules (for comparison)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (small models: 1-2 is fastest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--force", action="store_true", help="retrain even if the run folder holds a run")
@@ -100,7 +103,8 @@ def main(argv=None) -> int:
             return 0
         metrics = train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
                   run_dir=args.run_dir, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
-                  device=args.device, progress=not args.no_progress, force=args.force)
+                  device=args.device, progress=not args.no_progress, force=args.force,
+                  trainer=args.trainer)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from brevitas.core.function_wrapper import TensorClamp, TensorClampSte
 from brevitas.core.utils import inplace_momentum_update, inplace_tensor_mul
 from brevitas.nn import QuantLinear
 from brevitas.utils.torch_utils import kthvalue
@@ -78,12 +79,15 @@ def binary_weight(weight: torch.Tensor) -> torch.Tensor:
 class IntQuantSTE(torch.autograd.Function):
     """Brevitas' `IntQuant` given a scale and a zero point of 0: clamp(round(x / s), lo, hi) * s.
     (Brevitas adds and subtracts the zero point 0, which only turns a -0.0 into +0.0.) Backward:
-    the gradient autograd computes through Brevitas' div, round STE, where-clamp and mul."""
+    the gradient autograd computes through Brevitas' div, round STE, clamp and mul, where the clamp
+    is `TensorClamp` (`ste_clamp=False`: no gradient where clamped; activations) or `TensorClampSte`
+    (`ste_clamp=True`: straight through; weights)."""
 
     @staticmethod
-    def forward(ctx, x, scale, lo: float, hi: float):
+    def forward(ctx, x, scale, lo: float, hi: float, ste_clamp: bool):
         r = torch.round(x / scale)
         q = torch.clamp(r, lo, hi)
+        ctx.ste_clamp = ste_clamp
         ctx.save_for_backward(x, scale, q, r)
         return q * scale
 
@@ -91,14 +95,25 @@ class IntQuantSTE(torch.autograd.Function):
     def backward(ctx, g):
         x, scale, q, r = ctx.saved_tensors
         g_x = g_scale = None
-        inside = torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0)  # where-clamp pass-through
-        g_in = (g * scale).mul_(inside)
+        g_in = g * scale
+        if not ctx.ste_clamp:
+            g_in.mul_(torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0))  # where's pass-through
         if ctx.needs_input_grad[0]:
             g_x = g_in / scale
         if ctx.needs_input_grad[1]:
             # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape
             g_scale = (g * q).sum_to_size(scale.shape) + (-g_in * ((x / scale) / scale)).sum_to_size(scale.shape)
-        return g_x, g_scale, None, None
+        return g_x, g_scale, None, None, None
+
+
+def _ste_clamp(tq) -> bool:
+    """Whether Brevitas' integer quantizer `tq` clamps with a straight-through gradient."""
+    impl = tq.int_quant.tensor_clamp_impl
+    if isinstance(impl, TensorClampSte):
+        return True
+    if isinstance(impl, TensorClamp):
+        return False
+    raise ValueError(f"fast path: unsupported clamp {type(impl).__name__} in a quantizer")
 
 
 def _zero_point_is_zero(zero_point: torch.Tensor) -> None:
@@ -180,6 +195,7 @@ class _ActQuant:
             self.threshold = si.restrict_threshold(si.restrict_threshold_pre(self.int_threshold))
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
+        self.ste_clamp = _ste_clamp(tq)
         self.clamp_min = si.clamp_scaling.clamp_min_ste.min_val
         self.q = si.stats.stats_impl.q
 
@@ -202,7 +218,7 @@ class _ActQuant:
         return LearnedScale.apply(si.value, self.threshold, self.clamp_min)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return IntQuantSTE.apply(x, self.scale(x), self.lo, self.hi)
+        return IntQuantSTE.apply(x, self.scale(x), self.lo, self.hi, self.ste_clamp)
 
 
 class _WeightQuant:
@@ -219,13 +235,14 @@ class _WeightQuant:
             _zero_point_is_zero(tq.zero_point_impl.zero_point())
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
+        self.ste_clamp = _ste_clamp(tq)
         self.clamp_min = ss.clamp_scaling.clamp_min_ste.min_val
         self.clamp_min_restricted = ss.restrict_clamp_scaling.clamp_ste.min_val
 
     def __call__(self) -> torch.Tensor:
         w = self.linear.weight
         scale = WeightScale.apply(w, self.threshold, self.clamp_min, self.clamp_min_restricted)
-        return IntQuantSTE.apply(w, scale, self.lo, self.hi)
+        return IntQuantSTE.apply(w, scale, self.lo, self.hi, self.ste_clamp)
 
 
 class FastPath:

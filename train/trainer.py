@@ -208,8 +208,10 @@ def _make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress):
+def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress,
+                 forward=None):
     model.train()
+    forward = forward or model
     n = len(data)
     perm = torch.randperm(n, generator=gen).to(data.x.device)
     loss_fn = _loss_fn(model.n_outputs, recipe.label_smoothing)
@@ -222,7 +224,7 @@ def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, t
         if recipe.shift_px and image_shape is not None:
             xb = random_shift(xb, image_shape, recipe.shift_px, gen)
         xb = xb.float()
-        logits = model(xb)
+        logits = forward(xb)
         loss = loss_fn(logits, yb)
         if teacher is not None:
             with torch.no_grad():
@@ -242,6 +244,20 @@ def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, t
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
     bar.close()
     return total_loss / seen, correct / seen
+
+
+TRAINERS = ("fast", "brevitas")
+
+
+def training_forward(model: ResBinMLP, trainer: str = "fast"):
+    """The callable a training step runs: `FastPath(model)` for binary models with trainer "fast"
+    (same outputs, gradients and quantizer statistics as `model`), else the model itself."""
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}; expected one of {', '.join(TRAINERS)}")
+    if trainer == "fast" and model.binary:
+        from train.fast_model import FastPath
+        return FastPath(model)
+    return model
 
 
 # ---- teacher ------------------------------------------------------------------------------------
@@ -337,19 +353,23 @@ def _thesis_sizes(spec, n_in, n_out, options):
 
 def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOptions = ModelOptions(), seed=0,
               run_dir=None, resume=False, data_dir=None, limit_train=None, device=None, progress=True,
-              force=False, stop_after=None) -> dict:
+              force=False, stop_after=None, trainer="fast") -> dict:
     """Train `model` (spec or name) on `dataset` (name or a loaded `train.data.Dataset`); returns metrics.
 
     A finished run with the same config is returned as is unless `force`; an interrupted one needs
     `resume=True` (continues bit for bit from the last epoch) or `force` (starts over).
     `stop_after=k` ends after epoch k (checkpoint written, no metrics), as an interruption would.
+    `trainer`: "fast" (binary models step through `train.fast_model.FastPath`, Brevitas' arithmetic
+    without its overhead, bit for bit the same) or "brevitas" (the Brevitas modules themselves).
     """
     from train.data import Dataset, load_dataset
 
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     rec = get_recipe(recipe).with_epochs(epochs)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
-    # Refuses impossible models (bad options, widths) before anything is written.
+    # Refuses impossible models (bad options, widths) and trainers before anything is written.
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}; expected one of {', '.join(TRAINERS)}")
     build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max)
     from train.models import options_suffix
     ds_name = dataset if isinstance(dataset, str) else ds.name
@@ -403,6 +423,7 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
         # Before the optimizer exists: Brevitas re-creates its quantizer modules (and their
         # parameters) when a state dict is loaded.
         _load_model_state(net, ckpt)
+    forward = training_forward(net, trainer)  # after the state dict: Brevitas re-creates quantizers
     steps = math.ceil(len(train) / rec.batch_size)
     opt = _make_optimizer(net, rec)
     sched = _make_scheduler(opt, rec, steps)
@@ -428,7 +449,8 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
     for ep in outer:
         t0 = time.perf_counter()
         tr_loss, tr_acc = _train_epoch(net, opt, sched, rec, train, image_shape=ds.image_shape, gen=gen,
-                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress)
+                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress,
+                                       forward=forward)
         va_loss, va_acc = evaluate(net, val)
         dt = time.perf_counter() - t0
         seconds += dt
