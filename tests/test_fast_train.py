@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -139,19 +138,16 @@ def test_quantizer_scales_and_their_gradients_are_brevitas_own(images):
     assert torch.equal(lin_a.weight.grad, lin_b.weight.grad), "weight gradient through the scale differs"
 
 
-def test_trainers_give_the_same_run_and_the_fast_one_exports_exactly(mnist, tmp_path):
+def test_trainers_give_the_same_run_and_the_fast_one_exports_exactly(mnist_dir, tmp_path):
     from export.qonnx_export import export_run
     from train.trainer import train_run
 
-    small = replace(mnist, x_train=mnist.x_train[:1200], y_train=mnist.y_train[:1200],
-                    x_val=mnist.x_val[:300], y_val=mnist.y_val[:300],
-                    x_test=mnist.x_test[:300], y_test=mnist.y_test[:300])
     runs = {}
     for trainer in ("brevitas", "fast"):
         r = tmp_path / trainer
         # 4 epochs of 38 steps: past the 100 statistics steps of the add / requant quantizers
-        m = train_run(small, "B-D16N,D8N,QN,D", recipe="thesis", epochs=4, seed=0, run_dir=r,
-                      progress=False, device="cpu", trainer=trainer)
+        m = train_run("mnist", "B-D16N,D8N,QN,D", recipe="thesis", epochs=4, seed=0, run_dir=r,
+                      data_dir=mnist_dir, limit_train=1200, progress=False, device="cpu", trainer=trainer)
         runs[trainer] = (r, m)
     (rb, mb), (rf, mf) = runs["brevitas"], runs["fast"]
     assert mb["test_acc"] == mf["test_acc"] and mb["val_loss"] == mf["val_loss"]
