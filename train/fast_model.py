@@ -76,34 +76,27 @@ def binary_weight(weight: torch.Tensor) -> torch.Tensor:
     return BinaryWeightSTE.apply(weight)
 
 
-class IntQuantSTE(torch.autograd.Function):
-    """Brevitas' `IntQuant` given a scale and a zero point of 0: clamp(round(x / s), lo, hi) * s.
-    (Brevitas adds and subtracts the zero point 0, which only turns a -0.0 into +0.0.) Backward:
-    the gradient autograd computes through Brevitas' div, round STE, clamp and mul, where the clamp
-    is `TensorClamp` (`ste_clamp=False`: no gradient where clamped; activations) or `TensorClampSte`
-    (`ste_clamp=True`: straight through; weights)."""
+def _quant_forward(ctx, x, s, lo: float, hi: float, ste_clamp: bool):
+    """Brevitas' `IntQuant` with zero point 0: clamp(round(x / s), lo, hi) * s. (Brevitas adds and
+    subtracts the zero point 0, which only turns a -0.0 into +0.0.)"""
+    y1 = x / s
+    r = torch.round(y1)
+    q = torch.clamp(r, lo, hi)
+    ctx.ste_clamp = ste_clamp
+    return q * s, (y1, q, r)
 
-    @staticmethod
-    def forward(ctx, x, scale, lo: float, hi: float, ste_clamp: bool):
-        r = torch.round(x / scale)
-        q = torch.clamp(r, lo, hi)
-        ctx.ste_clamp = ste_clamp
-        ctx.save_for_backward(x, scale, q, r)
-        return q * scale
 
-    @staticmethod
-    def backward(ctx, g):
-        x, scale, q, r = ctx.saved_tensors
-        g_x = g_scale = None
-        g_in = g * scale
-        if not ctx.ste_clamp:
-            g_in.mul_(torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0))  # where's pass-through
-        if ctx.needs_input_grad[0]:
-            g_x = g_in / scale
-        if ctx.needs_input_grad[1]:
-            # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape
-            g_scale = (g * q).sum_to_size(scale.shape) + (-g_in * ((x / scale) / scale)).sum_to_size(scale.shape)
-        return g_x, g_scale, None, None, None
+def _quant_backward(ctx, g, s, y1, q, r):
+    """The gradients autograd computes through Brevitas' div, round STE, clamp and mul: (of x, of s).
+    The clamp is `TensorClamp` (no gradient where clamped: activations) or `TensorClampSte`
+    (`ctx.ste_clamp`, straight through: weights)."""
+    g_in = g * s
+    if not ctx.ste_clamp:
+        g_in.mul_(torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0))  # where's pass-through mask
+    # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape;
+    # sum(-a) == -sum(a) exactly, so the second term is subtracted
+    g_s = (g * q).sum_to_size(s.shape) - (g_in * (y1 / s)).sum_to_size(s.shape)
+    return g_in / s, g_s
 
 
 def _ste_clamp(tq) -> bool:
@@ -124,61 +117,77 @@ def _zero_point_is_zero(zero_point: torch.Tensor) -> None:
 _LN2 = 0.6931471805599453  # the constant of torch's log2 / pow backward formulas
 
 
-class WeightScale(torch.autograd.Function):
-    """Brevitas' fixed-point weight scale (`StatsFromParameterScaling`, `AbsMax`, power-of-two):
-    s = clamp_min(2 ** ceil(log2(clamp_min(max|w|, m1))), m2) / t, with the gradient autograd
-    computes through Brevitas' ops (ceil STE, log2, pow, max over ties, abs), in one node."""
+class WeightQuant(torch.autograd.Function):
+    """Brevitas' `Int8WeightPerTensorFixedPoint` in one node: scale (`StatsFromParameterScaling`,
+    `AbsMax`, power of two) s = clamp_min(2 ** ceil(log2(clamp_min(max|w|, m1))), m2) / t, then
+    the integer quantization; backward: the direct gradient plus the one through the scale (ceil
+    STE, log2, pow, max with ties sharing it, abs), as autograd sums them for Brevitas."""
 
     @staticmethod
-    def forward(ctx, w, t, m1: float, m2: float):
-        a = torch.max(torch.abs(w))
+    def forward(ctx, w, t, m1: float, m2: float, lo: float, hi: float, ste_clamp: bool):
+        aw = torch.abs(w)
+        a = torch.max(aw)
         c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
         p = 2.0 ** torch.ceil(torch.log2(c))
-        ctx.save_for_backward(w, a, c, p, t)
-        return torch.clamp_min(p, m2) / t
+        s = torch.clamp_min(p, m2) / t
+        y, (y1, q, r) = _quant_forward(ctx, w, s, lo, hi, ste_clamp)
+        ctx.save_for_backward(w, aw, a, c, p, t, s, y1, q, r)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        w, a, c, p, t = ctx.saved_tensors
-        g_c = ((g / t) * (p * _LN2)) / (c * _LN2)
-        at_max = 1.0 - torch.sign(a - torch.abs(w))  # 1 where |w| == max (max's ties share the gradient)
-        return at_max * (g_c / at_max.sum()) * w.sgn(), None, None, None
+        w, aw, a, c, p, t, s, y1, q, r = ctx.saved_tensors
+        g_w, g_s = _quant_backward(ctx, g, s, y1, q, r)
+        g_c = ((g_s / t) * (p * _LN2)) / (c * _LN2)
+        at_max = torch.nonzero((aw == a).view(-1)).view(-1)  # max's backward: ties share the gradient
+        flat = g_w.view(-1)
+        flat[at_max] = flat[at_max] + (g_c / at_max.numel()) * w.view(-1)[at_max].sgn()
+        return g_w, None, None, None, None, None, None
 
 
-class LearnedScale(torch.autograd.Function):
-    """Brevitas' learned power-of-two scale after the statistics steps (`ParameterFromRuntimeStatsScaling`):
-    s = clamp_min(2 ** ceil_ste(value), m) / t."""
+class LearnedActQuant(torch.autograd.Function):
+    """Activation quantizer after Brevitas' statistics steps (`ParameterFromRuntimeStatsScaling`):
+    s = clamp_min(2 ** ceil_ste(value), m) / t, then the integer quantization."""
 
     @staticmethod
-    def forward(ctx, value, t, m: float):
+    def forward(ctx, x, value, t, m: float, lo: float, hi: float, ste_clamp: bool):
         p = 2.0 ** torch.ceil(value)
-        ctx.save_for_backward(p, t)
-        return torch.clamp_min(p, m) / t
-
-    @staticmethod
-    def backward(ctx, g):
-        p, t = ctx.saved_tensors
-        return (g / t) * (p * _LN2), None, None
-
-
-class StatsScale(torch.autograd.Function):
-    """Brevitas' scale during the statistics steps: s = clamp_min(percentile(|x|) + 0 * value, m) / t
-    (`AbsPercentile` via kthvalue); returns (s, the clamped statistic for the running buffer)."""
-
-    @staticmethod
-    def forward(ctx, x, value, t, k: int, m: float):
-        kth, idx = kthvalue(x.abs().view(-1), k)
-        c = torch.clamp_min(kth + 0. * value, m)
-        ctx.save_for_backward(x, idx, t)
-        ctx.mark_non_differentiable(c)
-        return c / t, c
+        s = torch.clamp_min(p, m) / t
+        y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
+        ctx.save_for_backward(p, t, s, y1, q, r)
+        return y, s
 
     @staticmethod
     def backward(ctx, g, _):
-        x, idx, t = ctx.saved_tensors
-        g1 = g / t
-        g_x = torch.zeros_like(x).view(-1).index_put_((idx.view(1),), g1.view(1)).view_as(x) * x.sgn()
-        return g_x, g1 * 0., None, None, None
+        p, t, s, y1, q, r = ctx.saved_tensors
+        g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
+        return g_x, (g_s / t) * (p * _LN2), None, None, None, None, None
+
+
+class StatsActQuant(torch.autograd.Function):
+    """Activation quantizer during Brevitas' statistics steps: s = clamp_min(percentile(|x|) + 0 *
+    value, m) / t (`AbsPercentile`: kthvalue), then the integer quantization. Returns (y, s, the
+    clamped statistic for the running buffer)."""
+
+    @staticmethod
+    def forward(ctx, x, value, t, k: int, m: float, lo: float, hi: float, ste_clamp: bool):
+        kth, idx = kthvalue(x.abs().view(-1), k)
+        c = torch.clamp_min(kth + 0. * value, m)
+        s = c / t
+        y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
+        ctx.save_for_backward(x, idx, t, s, y1, q, r)
+        ctx.mark_non_differentiable(s, c)
+        return y, s, c
+
+    @staticmethod
+    def backward(ctx, g, _s, _c):
+        x, idx, t, s, y1, q, r = ctx.saved_tensors
+        g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
+        g1 = g_s / t
+        i = idx.view(1)  # kthvalue's backward puts the gradient at the k-th element, abs's multiplies by sgn
+        flat = g_x.view(-1)
+        flat[i] = flat[i] + g1.view(1) * x.view(-1)[i].sgn()
+        return g_x, g1 * 0., None, None, None, None, None, None
 
 
 class _ActQuant:
@@ -198,27 +207,30 @@ class _ActQuant:
         self.ste_clamp = _ste_clamp(tq)
         self.clamp_min = si.clamp_scaling.clamp_min_ste.min_val
         self.q = si.stats.stats_impl.q
+        self.last_scale = None
 
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         si = self.si
         if not si.training:
-            return si(x, self.int_threshold)
-        if si.counter < si.collect_stats_steps:
+            s = si(x, self.int_threshold)
+            y = torch.clamp(torch.round(x / s), self.lo, self.hi) * s
+        elif si.counter < si.collect_stats_steps:
             k = int(math.floor(.01 * self.q * x.numel() + 0.5))
-            scale, clamped = StatsScale.apply(x, si.value, self.int_threshold, k, self.clamp_min)
+            y, s, clamped = StatsActQuant.apply(x, si.value, self.int_threshold, k, self.clamp_min,
+                                                self.lo, self.hi, self.ste_clamp)
             new_counter = si.counter + 1
             if si.counter == 0:
                 inplace_tensor_mul(si.buffer, clamped)
             else:
                 inplace_momentum_update(si.buffer, clamped, si.momentum, si.counter, new_counter)
             si.counter = new_counter
-            return scale
-        if si.counter == si.collect_stats_steps:
-            si.init_scale()
-        return LearnedScale.apply(si.value, self.threshold, self.clamp_min)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return IntQuantSTE.apply(x, self.scale(x), self.lo, self.hi, self.ste_clamp)
+        else:
+            if si.counter == si.collect_stats_steps:
+                si.init_scale()
+            y, s = LearnedActQuant.apply(x, si.value, self.threshold, self.clamp_min, self.lo, self.hi,
+                                         self.ste_clamp)
+        self.last_scale = s.detach()
+        return y
 
 
 class _WeightQuant:
@@ -240,9 +252,8 @@ class _WeightQuant:
         self.clamp_min_restricted = ss.restrict_clamp_scaling.clamp_ste.min_val
 
     def __call__(self) -> torch.Tensor:
-        w = self.linear.weight
-        scale = WeightScale.apply(w, self.threshold, self.clamp_min, self.clamp_min_restricted)
-        return IntQuantSTE.apply(w, scale, self.lo, self.hi, self.ste_clamp)
+        return WeightQuant.apply(self.linear.weight, self.threshold, self.clamp_min, self.clamp_min_restricted,
+                                 self.lo, self.hi, self.ste_clamp)
 
 
 class FastPath:
