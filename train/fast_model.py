@@ -1,29 +1,33 @@
 """Fast training path of a binary `ResBinMLP`: Brevitas' arithmetic without Brevitas' overhead.
 
 A small model's Brevitas step is mostly overhead (proxies, QuantTensor wrappers, ~160 nested
-module calls, `torch.where` clamps, which this CPU build runs ~20x slower than arithmetic):
-B-D128N,D88N,D88N,QN,D stepped 5.8-9.9x slower than the same-width float MLP. `FastPath(model)`
-computes the SAME model's logits from the model's own parameters, quantizer state and modules:
+module calls, scalar scale graphs of a dozen nodes, `torch.where` clamps, which this CPU build
+runs ~20x slower than arithmetic). `FastPath(model)` computes the SAME model's logits from the
+model's own parameters, quantizer state and modules, in plain torch ops:
 
-- input quantizer: x / s + 0, round half to even, clamp to [0, 2^b - 1], - 0, * s (Brevitas'
-  `IntQuant`), with the constant scale s read once from Brevitas' quantizer; no gradient needed;
+- input quantizer: clamp(round(x / s), 0, 2^b - 1) * s (Brevitas' `IntQuant`), with the constant
+  scale s read once from Brevitas' quantizer; no gradient needed;
 - binary weights: in-place clamp of the latent weights to [-1, 1], sign (0 -> +1, NaN -> -1),
   straight-through gradient (Brevitas: `InplaceTensorClampSte`, `binary_sign_ste`, scale 1);
 - sign activations: the same sign, gradient zeroed outside -1 <= x <= 1 (Brevitas: `TensorClamp`
   to [-1, 1] then `binary_sign_ste`);
-- every power-of-two scale is computed with the op sequence of Brevitas' scaling modules, with
-  Brevitas' own STE functions, from Brevitas' own state: weight scales (`StatsFromParameterScaling`
-  + `AbsMax`) and the add/requant/head scales (`ParameterFromRuntimeStatsScaling`: percentile
-  statistics for `collect_stats_steps` training steps, accumulated in the module's `buffer` and
-  `counter`, then the learned `value`). In eval mode those modules are called themselves;
-- the integer quantization given a scale (`IntQuantSTE`) is one autograd node whose backward is
-  the gradient autograd computes through Brevitas' ops (div, round STE, where-clamp, mul), with
-  arithmetic masks in place of `torch.where`;
+- each scaled quantizer is ONE autograd node computing Brevitas' scale with the op sequence of its
+  scaling modules, from Brevitas' own state, then the integer quantization; its backward is the
+  gradient autograd computes through Brevitas' ops (div, round STE, clamp, mul, ceil STE, log2,
+  pow, max/kthvalue, abs), written out, with arithmetic masks instead of `torch.where`:
+  `WeightQuant` (Q/P shortcut and output weights: `StatsFromParameterScaling` + `AbsMax`),
+  `StatsActQuant` and `LearnedActQuant` (add / requant / head quantizers:
+  `ParameterFromRuntimeStatsScaling`, percentile statistics for `collect_stats_steps` training
+  calls, accumulated in the module's own `buffer` and `counter`, then the learned `value`). In
+  eval mode the Brevitas scaling module itself gives the scale;
 - linear layers, batch-norm, pooling and dropout run the model's modules in Brevitas' order, so
   dropout draws the same random numbers.
 
-The result (outputs, gradients, the quantizers' statistics) is bit for bit Brevitas' own
-(tests/test_fast_train.py); the parameters are the model's, so export and checkpoints are as before.
+Outputs, gradients, parameters after Adam steps and the quantizers' statistics are Brevitas' own,
+compared with torch.equal (tests/test_fast_train.py). Brevitas adds and subtracts the zero point
+0 around the rounding; the fast path does not, which can only turn a -0.0 into +0.0 (torch.equal
+does not tell them apart, and no non-zero value can change because of it). The parameters are the
+model's, so export and checkpoints are as before (`train.trainer.training_forward`).
 """
 from __future__ import annotations
 
