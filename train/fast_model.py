@@ -44,7 +44,7 @@ from brevitas.utils.torch_utils import kthvalue
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
     """Brevitas' `binary_sign`: +1 where x >= 0 (also -0.0), else -1 (also NaN); without bool tensors."""
-    return torch.sign(torch.nan_to_num(x, nan=-1.0)).add_(0.5).sign_()
+    return torch.nan_to_num(x, nan=-1.0).sign_().add_(0.5).sign_()
 
 
 class SignSTE(torch.autograd.Function):
@@ -84,9 +84,12 @@ def _quant_forward(ctx, x, s, lo: float, hi: float, ste_clamp: bool):
     """Brevitas' `IntQuant` with zero point 0: clamp(round(x / s), lo, hi) * s. (Brevitas adds and
     subtracts the zero point 0, which only turns a -0.0 into +0.0.)"""
     y1 = x / s
+    ctx.ste_clamp = ste_clamp
+    if ste_clamp:  # the backward needs no clamp mask: round and clamp in place
+        q = torch.round(y1).clamp_(lo, hi)
+        return q * s, (y1, q, q)
     r = torch.round(y1)
     q = torch.clamp(r, lo, hi)
-    ctx.ste_clamp = ste_clamp
     return q * s, (y1, q, r)
 
 
@@ -99,7 +102,7 @@ def _quant_backward(ctx, g, s, y1, q, r):
         g_in.mul_(torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0))  # where's pass-through mask
     # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape;
     # sum(-a) == -sum(a) exactly, so the second term is subtracted
-    g_s = (g * q).sum_to_size(s.shape) - (g_in * (y1 / s)).sum_to_size(s.shape)
+    g_s = (g * q).sum_to_size(s.shape) - (y1 / s).mul_(g_in).sum_to_size(s.shape)
     return g_in / s, g_s
 
 
