@@ -108,6 +108,11 @@ def _report(rows, epochs, args) -> str:
              f"torch threads: {args.threads}; {args.reps} interleaved repetitions of {args.steps} steps "
              f"after {args.warmup} warm-up steps; medians. The machine was shared: absolute numbers are "
              "noisy, the ratios (time per step relative to the float model, measured side by side) count.", "",
+             "Paths: **binary fast** = `train.fast_model` (the default trainer of binary models, Brevitas' "
+             "arithmetic bit for bit); **binary brevitas** = the Brevitas modules (`--trainer brevitas`); "
+             "**float** = the float baseline of the same widths; **float, binary's topology** = the float "
+             "model with the binary model's dropout, batch-norm and shortcut layers and no quantizer, i.e. "
+             "the part of the gap that is the binary model's extra layers, not quantization.", "",
              "## One Adam step (steps/s; time ratio to the float model)", "",
              "| batch | path | model | steps/s (wall) | x float (wall) | steps/s (CPU time) | x float (CPU) |",
              "|---|---|---|---|---|---|---|"]

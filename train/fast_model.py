@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,16 +95,33 @@ def _quant_forward(ctx, x, s, lo: float, hi: float, ste_clamp: bool):
 
 
 def _quant_backward(ctx, g, s, y1, q, r):
-    """The gradients autograd computes through Brevitas' div, round STE, clamp and mul: (of x, of s).
-    The clamp is `TensorClamp` (no gradient where clamped: activations) or `TensorClampSte`
-    (`ctx.ste_clamp`, straight through: weights)."""
+    """The gradients autograd computes through Brevitas' div, round STE, clamp and mul: (of x, of
+    the 0-dim scale s). The clamp is `TensorClamp` (no gradient where clamped: activations) or
+    `TensorClampSte` (`ctx.ste_clamp`, straight through: weights). The scale may be a Python float
+    (a power of two, exactly a float32): a 0-dim tensor and a Python scalar give the same products."""
     g_in = g * s
-    if not ctx.ste_clamp:
-        g_in.mul_(torch.abs(r - q).sign_().neg_().add_(1.0).nan_to_num_(1.0))  # where's pass-through mask
-    # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape;
+    if not ctx.ste_clamp:  # where's pass-through: inside [lo, hi], or NaN
+        g_in.mul_(torch.eq(r, q).logical_or_(torch.isnan(r)))
+    # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape ();
     # sum(-a) == -sum(a) exactly, so the second term is subtracted
-    g_s = (g * q).sum_to_size(s.shape) - (y1 / s).mul_(g_in).sum_to_size(s.shape)
+    g_s = (g * q).sum_to_size(()) - (y1 / s).mul_(g_in).sum_to_size(())
     return g_in / s, g_s
+
+
+def _f32(x) -> np.float32:
+    return np.float32(x)
+
+
+def _pow2_scale(e: int, clamp_min: float, threshold: float) -> tuple[float, float]:
+    """(p, s) of Brevitas' power-of-two scale: p = 2 ** e, s = clamp_min(p, m) / t, as float32 values."""
+    p = _f32(2.0 ** e)
+    return float(p), float(_f32(max(p, _f32(clamp_min))) / _f32(threshold))
+
+
+def _pow2_scale_grad(g_s: torch.Tensor, p: float, threshold: float) -> np.float32:
+    """Gradient through s = clamp_min(2 ** ceil_ste(v), m) / t to v, with torch's float32 rounding of
+    `(g / t) * (p * ln 2)` (pow's backward; the clamp and ceil are straight through)."""
+    return _f32(g_s.item()) / _f32(threshold) * (_f32(p) * _f32(_LN2))
 
 
 def _ste_clamp(tq) -> bool:
@@ -131,44 +149,47 @@ class WeightQuant(torch.autograd.Function):
     STE, log2, pow, max with ties sharing it, abs), as autograd sums them for Brevitas."""
 
     @staticmethod
-    def forward(ctx, w, t, m1: float, m2: float, lo: float, hi: float, ste_clamp: bool):
+    def forward(ctx, w, t: float, m1: float, m2: float, lo: float, hi: float, ste_clamp: bool):
         aw = torch.abs(w)
         a = torch.max(aw)
         c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
-        p = 2.0 ** torch.ceil(torch.log2(c))
-        s = torch.clamp_min(p, m2) / t
+        p, s = _pow2_scale(math.ceil(torch.log2(c).item()), m2, t)  # torch's float32 log2, as Brevitas
         y, (y1, q, r) = _quant_forward(ctx, w, s, lo, hi, ste_clamp)
-        ctx.save_for_backward(w, aw, a, c, p, t, s, y1, q, r)
+        ctx.save_for_backward(w, aw, a, y1, q, r)
+        ctx.scalars = (p, s, c.item(), t)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        w, aw, a, c, p, t, s, y1, q, r = ctx.saved_tensors
+        w, aw, a, y1, q, r = ctx.saved_tensors
+        p, s, c, t = ctx.scalars
         g_w, g_s = _quant_backward(ctx, g, s, y1, q, r)
-        g_c = ((g_s / t) * (p * _LN2)) / (c * _LN2)
+        g_c = _pow2_scale_grad(g_s, p, t) / (_f32(c) * _f32(_LN2))  # log2's backward
         at_max = torch.nonzero((aw == a).view(-1)).view(-1)  # max's backward: ties share the gradient
-        flat = g_w.view(-1)
-        flat[at_max] = flat[at_max] + (g_c / at_max.numel()) * w.view(-1)[at_max].sgn()
+        share = float(g_c / _f32(at_max.numel()))
+        g_w.view(-1).index_add_(0, at_max, w.view(-1)[at_max].sgn() * share)  # abs's backward: * sgn
         return g_w, None, None, None, None, None, None
 
 
 class LearnedActQuant(torch.autograd.Function):
     """Activation quantizer after Brevitas' statistics steps (`ParameterFromRuntimeStatsScaling`):
-    s = clamp_min(2 ** ceil_ste(value), m) / t, then the integer quantization."""
+    s = clamp_min(2 ** ceil_ste(value), m) / t (p = 2 ** ceil(value) and s given as floats), then
+    the integer quantization."""
 
     @staticmethod
-    def forward(ctx, x, value, t, m: float, lo: float, hi: float, ste_clamp: bool):
-        p = 2.0 ** torch.ceil(value)
-        s = torch.clamp_min(p, m) / t
+    def forward(ctx, x, value, p: float, s: float, t: float, lo: float, hi: float, ste_clamp: bool):
         y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
-        ctx.save_for_backward(p, t, s, y1, q, r)
-        return y, s
+        ctx.save_for_backward(y1, q, r)
+        ctx.scalars = (p, s, t, value.dtype, value.shape)
+        return y
 
     @staticmethod
-    def backward(ctx, g, _):
-        p, t, s, y1, q, r = ctx.saved_tensors
+    def backward(ctx, g):
+        y1, q, r = ctx.saved_tensors
+        p, s, t, dtype, shape = ctx.scalars
         g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
-        return g_x, (g_s / t) * (p * _LN2), None, None, None, None, None
+        g_v = torch.tensor(float(_pow2_scale_grad(g_s, p, t)), dtype=dtype).reshape(shape)
+        return g_x, g_v, None, None, None, None, None, None
 
 
 class StatsActQuant(torch.autograd.Function):
@@ -208,7 +229,7 @@ class _ActQuant:
             bw = tq.msb_clamp_bit_width_impl()
             self.int_threshold = tq.int_scaling_impl(bw)
             _zero_point_is_zero(tq.zero_point_impl.zero_point())
-            self.threshold = si.restrict_threshold(si.restrict_threshold_pre(self.int_threshold))
+            self.threshold = float(si.restrict_threshold(si.restrict_threshold_pre(self.int_threshold)))
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
         self.ste_clamp = _ste_clamp(tq)
@@ -234,9 +255,9 @@ class _ActQuant:
         else:
             if si.counter == si.collect_stats_steps:
                 si.init_scale()
-            y, s = LearnedActQuant.apply(x, si.value, self.threshold, self.clamp_min, self.lo, self.hi,
-                                         self.ste_clamp)
-        self.last_scale = s.detach()
+            p, s = _pow2_scale(math.ceil(si.value.item()), self.clamp_min, self.threshold)
+            y = LearnedActQuant.apply(x, si.value, p, s, self.threshold, self.lo, self.hi, self.ste_clamp)
+        self.last_scale = torch.as_tensor(s, dtype=x.dtype).detach()
         return y
 
 
@@ -250,7 +271,7 @@ class _WeightQuant:
         with torch.no_grad():
             bw = tq.msb_clamp_bit_width_impl()
             int_threshold = tq.int_scaling_impl(bw)
-            self.threshold = ss.restrict_clamp_threshold(ss.restrict_threshold_pre(int_threshold))
+            self.threshold = float(ss.restrict_clamp_threshold(ss.restrict_threshold_pre(int_threshold)))
             _zero_point_is_zero(tq.zero_point_impl.zero_point())
             self.lo = float(tq.int_quant.min_int(bw))
             self.hi = float(tq.int_quant.max_int(bw))
