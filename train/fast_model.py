@@ -180,15 +180,15 @@ class LearnedActQuant(torch.autograd.Function):
     def forward(ctx, x, value, p: float, s: float, t: float, lo: float, hi: float, ste_clamp: bool):
         y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
         ctx.save_for_backward(y1, q, r)
-        ctx.scalars = (p, s, t, value.dtype, value.shape)
+        ctx.scalars = (p, s, t, value.dtype, value.device, value.shape)
         return y
 
     @staticmethod
     def backward(ctx, g):
         y1, q, r = ctx.saved_tensors
-        p, s, t, dtype, shape = ctx.scalars
+        p, s, t, dtype, device, shape = ctx.scalars
         g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
-        g_v = torch.tensor(float(_pow2_scale_grad(g_s, p, t)), dtype=dtype).reshape(shape)
+        g_v = torch.tensor(float(_pow2_scale_grad(g_s, p, t)), dtype=dtype, device=device).reshape(shape)
         return g_x, g_v, None, None, None, None, None, None
 
 
@@ -257,7 +257,7 @@ class _ActQuant:
                 si.init_scale()
             p, s = _pow2_scale(math.ceil(si.value.item()), self.clamp_min, self.threshold)
             y = LearnedActQuant.apply(x, si.value, p, s, self.threshold, self.lo, self.hi, self.ste_clamp)
-        self.last_scale = torch.as_tensor(s, dtype=x.dtype).detach()
+        self.last_scale = torch.as_tensor(s, dtype=x.dtype, device=x.device).detach()
         return y
 
 
