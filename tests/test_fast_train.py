@@ -1,9 +1,8 @@
 """train/fast_model.py: the fast training path is Brevitas bit for bit, on real MNIST.
 
-Every check compares with torch.equal (no tolerance). torch.equal does not tell -0.0 from +0.0;
-the fast path drops Brevitas' "+ 0 - 0" zero-point ops, which only turn -0.0 into +0.0 (see the
-module docstring); no non-zero value can differ because of that, which the parameter checks after
-100+ Adam steps confirm.
+Every check compares with torch.equal (no tolerance). torch.equal does not tell -0.0 from +0.0,
+the only values where the two paths may differ (see train/fast_model.py's docstring); no non-zero
+value can differ because of them, which the parameter checks after 100+ Adam steps confirm.
 """
 from __future__ import annotations
 

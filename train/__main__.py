@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda when available)")
     p.add_argument("--trainer", default="fast", choices=("fast", "brevitas"),
                    help="binary models: step with train.fast_model (Brevitas' arithmetic, bit for bit, "
-                        "several times faster) or through the Brevitas modules (for comparison)")
+                        "2-3x faster) or through the Brevitas modules (same run, for comparison)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (small models: 1-2 is fastest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--force", action="store_true", help="retrain even if the run folder holds a run")

@@ -14,7 +14,7 @@ model's own parameters, quantizer state and modules, in plain torch ops:
 - each scaled quantizer is ONE autograd node computing Brevitas' scale with the op sequence of its
   scaling modules, from Brevitas' own state, then the integer quantization; its backward is the
   gradient autograd computes through Brevitas' ops (div, round STE, clamp, mul, ceil STE, log2,
-  pow, max/kthvalue, abs), written out, with arithmetic masks instead of `torch.where`:
+  pow, max/kthvalue, abs), written out, without `torch.where` (slow on this CPU build):
   `WeightQuant` (Q/P shortcut and output weights: `StatsFromParameterScaling` + `AbsMax`),
   `StatsActQuant` and `LearnedActQuant` (add / requant / head quantizers:
   `ParameterFromRuntimeStatsScaling`, percentile statistics for `collect_stats_steps` training
@@ -24,9 +24,11 @@ model's own parameters, quantizer state and modules, in plain torch ops:
   dropout draws the same random numbers.
 
 Outputs, gradients, parameters after Adam steps and the quantizers' statistics are Brevitas' own,
-compared with torch.equal (tests/test_fast_train.py). Brevitas adds and subtracts the zero point
-0 around the rounding; the fast path does not, which can only turn a -0.0 into +0.0 (torch.equal
-does not tell them apart, and no non-zero value can change because of it). The parameters are the
+compared with torch.equal (tests/test_fast_train.py). Two differences are in the sign of zeros
+only: Brevitas adds and subtracts the zero point 0 around the rounding (the fast path does not:
+Brevitas turns a -0.0 there into +0.0), and where a clamp blocks a gradient Brevitas' `where`
+writes +0.0 and the fast path's mask product g * 0 may write -0.0. torch.equal does not tell
+them apart, and no non-zero value can change because of them (they never divide anything). The parameters are the
 model's, so export and checkpoints are as before (`train.trainer.training_forward`).
 """
 from __future__ import annotations
@@ -112,9 +114,13 @@ def _f32(x) -> np.float32:
     return np.float32(x)
 
 
-def _pow2_scale(e: int, clamp_min: float, threshold: float) -> tuple[float, float]:
-    """(p, s) of Brevitas' power-of-two scale: p = 2 ** e, s = clamp_min(p, m) / t, as float32 values."""
-    p = _f32(2.0 ** e)
+def _pow2_scale(v: float, clamp_min: float, threshold: float) -> tuple[float, float]:
+    """(p, s) of Brevitas' power-of-two scale: p = 2 ** ceil(v), s = clamp_min(p, m) / t, as the
+    float32 values torch computes (also for an infinite or NaN v: a diverged run)."""
+    if math.isfinite(v):
+        v = min(max(math.ceil(v), -200), 200)  # beyond float32's range either way: 0 or inf
+    with np.errstate(over="ignore"):
+        p = _f32(2.0 ** v)
     return float(p), float(_f32(max(p, _f32(clamp_min))) / _f32(threshold))
 
 
@@ -153,7 +159,7 @@ class WeightQuant(torch.autograd.Function):
         aw = torch.abs(w)
         a = torch.max(aw)
         c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
-        p, s = _pow2_scale(math.ceil(torch.log2(c).item()), m2, t)  # torch's float32 log2, as Brevitas
+        p, s = _pow2_scale(torch.log2(c).item(), m2, t)  # torch's float32 log2, as Brevitas
         y, (y1, q, r) = _quant_forward(ctx, w, s, lo, hi, ste_clamp)
         ctx.save_for_backward(w, aw, a, y1, q, r)
         ctx.scalars = (p, s, c.item(), t)
@@ -255,7 +261,7 @@ class _ActQuant:
         else:
             if si.counter == si.collect_stats_steps:
                 si.init_scale()
-            p, s = _pow2_scale(math.ceil(si.value.item()), self.clamp_min, self.threshold)
+            p, s = _pow2_scale(si.value.item(), self.clamp_min, self.threshold)
             y = LearnedActQuant.apply(x, si.value, p, s, self.threshold, self.lo, self.hi, self.ste_clamp)
         self.last_scale = torch.as_tensor(s, dtype=x.dtype, device=x.device).detach()
         return y
