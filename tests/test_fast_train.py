@@ -114,7 +114,7 @@ def test_quantizer_scales_and_their_gradients_are_brevitas_own(images):
         h2 = h.detach().clone().requires_grad_()
         qa, sa, _, _ = tq(h)
         qb = fast.add_requant(h2)
-        sb = fast.add_requant.last_scale.reshape(sa.shape)
+        sb = torch.as_tensor(fast.add_requant.last_scale, dtype=sa.dtype).reshape(sa.shape)
         assert torch.equal(sa, sb) and torch.equal(qa, qb), f"call {i}: scale or output differs"
         w = torch.randn(BATCH, 16, generator=gen)
         (qa * w).sum().backward()

@@ -263,7 +263,7 @@ class _ActQuant:
                 si.init_scale()
             p, s = _pow2_scale(si.value.item(), self.clamp_min, self.threshold)
             y = LearnedActQuant.apply(x, si.value, p, s, self.threshold, self.lo, self.hi, self.ste_clamp)
-        self.last_scale = torch.as_tensor(s, dtype=x.dtype, device=x.device).detach()
+        self.last_scale = s  # a 0-dim tensor or a float (for the tests)
         return y
 
 
@@ -291,7 +291,9 @@ class _WeightQuant:
 
 
 class FastPath:
-    """`FastPath(model)(x)`: the logits `model(x)` computes, bit for bit, in train and eval mode."""
+    """`FastPath(model)(x)`: the logits `model(x)` computes, bit for bit, in train and eval mode.
+    Build it after the model is on its device and after any `load_state_dict` (Brevitas re-creates
+    its quantizer modules then); it reads the modules' training flags and statistics live."""
 
     def __init__(self, model):
         if not model.binary:
