@@ -43,7 +43,7 @@ run_dir    = $(or $(RUN),$(shell $(PY) -m train $(train_args) --print-run-dir))
 sweeps     = $(if $(SWEEP),--sweep $(SWEEP),--dataset $(DATASET))
 
 .PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim bitstream \
-        deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-sweep bench-search docker-build clean
+        deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-sweep bench-search bench-train docker-build clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 18
@@ -128,6 +128,9 @@ bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample 
 
 bench-search: $(STAMP) ## the MNIST search for the Z2 at 1M fps (widths 64-256, 2/4/8-bit input and shortcut) -> docs/results/mnist-z2-search/
 	$(PY) -m dse search --dataset mnist --board Pynq-Z2 --target-fps 1e6 $(bench_args) --report docs/results/mnist-z2-search
+
+bench-train: $(STAMP) ## training steps/s of binary (fast path, Brevitas) vs float at batch 32/128 + one epoch end to end -> docs/results/train-speed.md
+	$(PY) -m train.bench_speed --out docs/results/train-speed.md
 
 docker-build:    ## build the FINN/Vivado toolchain image (Vivado is mounted from the host at run time)
 	docker build -f docker/Dockerfile -t resbin:latest .

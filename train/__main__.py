@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default runs/<dataset>/<model slug>[__options])")
     p.add_argument("--limit-train", type=positive_int, help="train on the first N training examples only")
     p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--trainer", default="fast", choices=("fast", "brevitas"),
+                   help="binary models: step with train.fast_model (Brevitas' arithmetic, bit for bit, "
+                        "2-3x faster) or through the Brevitas modules (same run, for comparison)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (small models: 1-2 is fastest)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last epoch (make: RESUME=1)")
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
             return 0
         metrics = train_run(args.dataset, args.model, recipe=args.recipe, epochs=args.epochs, options=options, seed=args.seed,
                   run_dir=args.run_dir, resume=args.resume, data_dir=args.data_dir, limit_train=args.limit_train,
-                  device=args.device, progress=not args.no_progress, force=args.force, val=args.val)
+                  device=args.device, progress=not args.no_progress, force=args.force, val=args.val,
+                  trainer=args.trainer)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

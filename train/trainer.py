@@ -233,8 +233,10 @@ def _make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress):
+def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress,
+                 forward=None):
     model.train()
+    forward = forward or model
     n = len(data)
     perm = torch.randperm(n, generator=gen).to(data.x.device)
     loss_fn = _loss_fn(model.n_outputs, recipe.label_smoothing)
@@ -247,7 +249,7 @@ def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, t
         if recipe.shift_px and image_shape is not None:
             xb = random_shift(xb, image_shape, recipe.shift_px, gen)
         xb = xb.float()
-        logits = model(xb)
+        logits = forward(xb)
         loss = loss_fn(logits, yb)
         if teacher is not None:
             with torch.no_grad():
@@ -267,6 +269,20 @@ def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, t
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
     bar.close()
     return total_loss / seen, correct / seen
+
+
+TRAINERS = ("fast", "brevitas")
+
+
+def training_forward(model: ResBinMLP, trainer: str = "fast"):
+    """The callable a training step runs: `FastPath(model)` for binary models with trainer "fast"
+    (same outputs, gradients and quantizer statistics as `model`), else the model itself."""
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}; expected one of {', '.join(TRAINERS)}")
+    if trainer == "fast" and model.binary:
+        from train.fast_model import FastPath
+        return FastPath(model)
+    return model
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -331,7 +347,7 @@ def run_folder(dataset, spec: ModelSpec, options: ModelOptions = ModelOptions(),
 
 def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOptions = ModelOptions(), seed=0,
               run_dir=None, resume=False, data_dir=None, limit_train=None, device=None, progress=True,
-              force=False, stop_after=None, val=None) -> dict:
+              force=False, stop_after=None, val=None, trainer="fast") -> dict:
     """Train `model` (spec or name) on `dataset` (name or a loaded `train.data.Dataset`); returns metrics.
 
     A finished run with the same config (and data: sha256 of the arrays) is returned as is unless
@@ -340,6 +356,8 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
     `stop_after=k` ends after epoch k (checkpoint written, no metrics), as an interruption would.
     `val`: the validation split (`--val`: count or share; None: the data set's default), part of
     the run's identity and, when given, of its folder name (`__val<N>`).
+    `trainer`: "fast" (binary models step through `train.fast_model.FastPath`, Brevitas' arithmetic
+    without its overhead, bit for bit the same) or "brevitas" (the Brevitas modules themselves).
     """
     from train.data import Dataset, load_dataset, parse_val
 
@@ -347,7 +365,9 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
     rec = get_recipe(recipe).with_epochs(epochs)
     val = parse_val(val)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir, n_val=val)
-    # Refuses impossible models (bad options, widths) before anything is written.
+    # Refuses impossible models (bad options, widths) and trainers before anything is written.
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}; expected one of {', '.join(TRAINERS)}")
     build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max)
     ds_name = _dataset_name(dataset)
     run = run_folder(dataset, spec, options, run_dir, val=val)
@@ -360,11 +380,12 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
               "versions": _versions()}
     with training_lock(run):
         return _train_locked(spec, rec, ds, run, dev, config, options=options, seed=seed, resume=resume,
-                             limit_train=limit_train, progress=progress, force=force, stop_after=stop_after)
+                             limit_train=limit_train, progress=progress, force=force, stop_after=stop_after,
+                             trainer=trainer)
 
 
 def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed, resume, limit_train, progress,
-                  force, stop_after) -> dict:
+                  force, stop_after, trainer) -> dict:
     from train.teacher import PARTIAL_FILE, train_teacher
 
     ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.json"
@@ -411,6 +432,7 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
         # Before the optimizer exists: Brevitas re-creates its quantizer modules (and their
         # parameters) when a state dict is loaded.
         _load_model_state(net, ckpt)
+    forward = training_forward(net, trainer)  # after the state dict: Brevitas re-creates quantizers
     steps = math.ceil(len(train) / rec.batch_size)
     opt = _make_optimizer(net, rec)
     sched = _make_scheduler(opt, rec, steps)
@@ -436,7 +458,8 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
     for ep in outer:
         t0 = time.perf_counter()
         tr_loss, tr_acc = _train_epoch(net, opt, sched, rec, train, image_shape=ds.image_shape, gen=gen,
-                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress)
+                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress,
+                                       forward=forward)
         va_loss, va_acc = evaluate(net, val)
         dt = time.perf_counter() - t0
         seconds += dt

@@ -1,0 +1,181 @@
+"""train/fast_model.py: the fast training path is Brevitas bit for bit, on real MNIST.
+
+Every check compares with torch.equal (no tolerance). torch.equal does not tell -0.0 from +0.0,
+the only values where the two paths may differ (see train/fast_model.py's docstring); no non-zero
+value can differ because of them, which the parameter checks after 100+ Adam steps confirm.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.data import load_dataset
+from train.fast_model import FastPath
+from train.models import ModelOptions, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Every variant kind (no shortcut / Q / P flat / P vertical / F), 1-4 hidden layers, every option.
+VARIANTS = [
+    ("B-D24N,D16N,QN,D", ModelOptions()),
+    ("B-D24N,PN,D", ModelOptions(pool_window=9)),
+    ("B-24N,16,PN", ModelOptions(pool_mode="vertical", pool_window=4, add_bits=6)),
+    ("B-D24N,D16N,FN,D", ModelOptions(dropout=0.2)),
+    ("B-D24N", ModelOptions()),
+    ("B-24,D16N,16N,D12N,D", ModelOptions(input_bits=4, add_bits=5, output_weight_bits=4, dropout=0.3)),
+    ("B-D24N,Q,D", ModelOptions(input_bits=2, shortcut_weight_bits=4, add_bits=4, output_weight_bits=3)),
+]
+STEPS = 105  # past Brevitas' 100 statistics steps of every add / requant / head quantizer
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    return load_dataset("mnist", mnist_dir, download=False)
+
+
+@pytest.fixture(scope="module")
+def images(mnist):
+    x = torch.from_numpy(mnist.x_train[:STEPS * BATCH]).float()
+    y = torch.from_numpy(mnist.y_train[:STEPS * BATCH]).long()
+    return x, y, torch.from_numpy(mnist.x_test[:500]).float()
+
+
+def _pair(name, options):
+    torch.manual_seed(0)
+    a = build_model(name, 784, 10, options, image_shape=(28, 28, 1))
+    b = copy.deepcopy(a)
+    return a, b
+
+
+def _step(model, forward, opt, xb, yb):
+    logits = forward(xb)
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    model.clip_latent_weights(1.0)
+    return logits.detach()
+
+
+def _quant_state(model):
+    return {n: (int(m.counter), m.buffer.clone()) for n, m in model.named_modules()
+            if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")}
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[v[0] + "-" + str(i) for i, v in enumerate(VARIANTS)])
+def test_training_steps_are_brevitas_bit_for_bit(name, options, images):
+    x, y, x_test = images
+    brev, fast = _pair(name, options)
+    fwd = FastPath(fast)
+    opt_b = torch.optim.Adam(brev.parameters(), lr=1e-2)
+    opt_f = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    for i in range(STEPS):
+        xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+        torch.manual_seed(1000 + i)  # the same dropout draws
+        lb = _step(brev, brev, opt_b, xb, yb)
+        torch.manual_seed(1000 + i)
+        lf = _step(fast, fwd, opt_f, xb, yb)
+        assert torch.equal(lb, lf), f"step {i}: train-mode logits differ"
+    pb, pf = dict(brev.named_parameters()), dict(fast.named_parameters())
+    assert pb.keys() == pf.keys()
+    for k in pb:
+        assert torch.equal(pb[k], pf[k]), f"parameter {k} differs after {STEPS} steps"
+        gb, gf = pb[k].grad, pf[k].grad
+        assert (gb is None) == (gf is None) and (gb is None or torch.equal(gb, gf)), f"gradient of {k} differs"
+    for k, v in brev.state_dict().items():
+        assert torch.equal(v, fast.state_dict()[k]), f"state {k} differs"
+    qb, qf = _quant_state(brev), _quant_state(fast)
+    assert qb.keys() == qf.keys()
+    assert all(qb[k][0] == qf[k][0] > 100 and torch.equal(qb[k][1], qf[k][1]) for k in qb), "quantizer statistics"
+    brev.eval(), fast.eval()
+    with torch.no_grad():
+        ref = brev(x_test)
+        assert torch.equal(ref, fwd(x_test)), "eval-mode logits differ on real test images"
+        assert torch.equal(ref, FastPath(brev)(x_test))
+
+
+def test_quantizer_scales_and_their_gradients_are_brevitas_own(images):
+    """The statistics-based and learned scales: Brevitas' module vs the fast path, call by call,
+    through the statistics phase, the switch to the learned scale and after it."""
+    x, _, _ = images
+    torch.manual_seed(0)
+    a = build_model("B-D24N,D16N,QN,D", 784, 10)
+    b = copy.deepcopy(a)
+    fast = FastPath(b)
+    tq = a.add_requant.act_quant.fused_activation_quant_proxy.tensor_quant
+    gen = torch.Generator().manual_seed(3)
+    for i in range(104):
+        h = (torch.randn(BATCH, 16, generator=gen) * (1 + i % 7)).requires_grad_()
+        h2 = h.detach().clone().requires_grad_()
+        qa, sa, _, _ = tq(h)
+        qb = fast.add_requant(h2)
+        sb = torch.as_tensor(fast.add_requant.last_scale, dtype=sa.dtype).reshape(sa.shape)
+        assert torch.equal(sa, sb) and torch.equal(qa, qb), f"call {i}: scale or output differs"
+        w = torch.randn(BATCH, 16, generator=gen)
+        (qa * w).sum().backward()
+        (qb * w).sum().backward()
+        assert torch.equal(h.grad, h2.grad), f"call {i}: input gradient differs"
+    va = a.add_requant.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value
+    vb = b.add_requant.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value
+    assert torch.equal(va.grad, vb.grad) and torch.equal(va, vb), "learned scale or its gradient differs"
+    # weight scale (AbsMax, power of two), with ties at the maximum sharing the gradient
+    lin_a, lin_b = a.shortcut.linear, b.shortcut.linear
+    with torch.no_grad():
+        for lin in (lin_a, lin_b):
+            lin.weight[0, :3] = lin.weight.abs().max()
+    qa, sa, _, _ = lin_a.weight_quant.tensor_quant(lin_a.weight)
+    qb = fast.shortcut_weight()
+    assert torch.equal(qa, qb)
+    w = torch.randn(qa.shape, generator=gen)
+    (qa * w).sum().backward()
+    (qb * w).sum().backward()
+    assert torch.equal(lin_a.weight.grad, lin_b.weight.grad), "weight gradient through the scale differs"
+
+
+def test_trainers_give_the_same_run_and_the_fast_one_exports_exactly(mnist_dir, tmp_path):
+    from export.qonnx_export import export_run
+    from train.trainer import train_run
+
+    runs = {}
+    for trainer in ("brevitas", "fast"):
+        r = tmp_path / trainer
+        # 4 epochs of 38 steps: past the 100 statistics steps of the add / requant quantizers
+        m = train_run("mnist", "B-D16N,D8N,QN,D", recipe="thesis", epochs=4, seed=0, run_dir=r,
+                      data_dir=mnist_dir, limit_train=1200, progress=False, device="cpu", trainer=trainer)
+        runs[trainer] = (r, m)
+    (rb, mb), (rf, mf) = runs["brevitas"], runs["fast"]
+    assert mb["test_acc"] == mf["test_acc"] and mb["val_loss"] == mf["val_loss"]
+    cb = torch.load(rb / "checkpoint.pt", weights_only=False)
+    cf = torch.load(rf / "checkpoint.pt", weights_only=False)
+    assert cb["model"].keys() == cf["model"].keys()
+    assert all(torch.equal(cb["model"][k], cf["model"][k]) for k in cb["model"]), "checkpoints differ"
+    assert cb["quant_state"].keys() == cf["quant_state"].keys()
+    for k in cb["quant_state"]:
+        assert cb["quant_state"][k]["counter"] == cf["quant_state"][k]["counter"] > 100
+    assert [h["train_loss"] for h in cb["history"]] == [h["train_loss"] for h in cf["history"]]
+    export_run(rf, n_check=300)
+    rep = json.loads((rf / "export.json").read_text())
+    assert rep["identical_integer_outputs"] == 300 and rep["max_abs_diff_logits"] == 0.0
+
+
+def test_unknown_trainer_is_a_one_line_error(mnist, tmp_path, capsys):
+    from train.__main__ import main
+    from train.trainer import TrainError, train_run
+
+    with pytest.raises(TrainError, match="unknown trainer 'jit'"):
+        train_run(mnist, "B-8N", recipe="thesis", epochs=1, run_dir=tmp_path / "r", progress=False, trainer="jit")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", "mnist", "--model", "B-8N", "--trainer", "jit"])
+    assert e.value.code == 2
+    assert "invalid choice: 'jit'" in capsys.readouterr().err
+
+
+def test_fast_path_refuses_float_models():
+    with pytest.raises(ValueError, match="binary models"):
+        FastPath(build_model("F-16", 784, 10))
