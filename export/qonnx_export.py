@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.labels import labels_from_outputs
+
 __all__ = ["ExportError", "ExportInputError", "export_model", "export_run", "check_export",
            "QONNX_FILE", "REPORT_FILE"]
 
@@ -80,10 +82,7 @@ def check_export(model, qonnx_path: str | Path, x_uint8: np.ndarray, y=None) -> 
         raise ExportError(f"{qonnx_path}: logits are not integer multiples of the output scale "
                           f"{scale} (the output layer needs power-of-two quantizer scales)")
     same_int = np.all(gi == ri, axis=1)
-    if ref.shape[1] == 1:
-        lab_q, lab_t = (got[:, 0] > 0).astype(int), (ref[:, 0] > 0).astype(int)
-    else:
-        lab_q, lab_t = got.argmax(1), ref.argmax(1)
+    lab_q, lab_t = labels_from_outputs(got), labels_from_outputs(ref)
     rep = {"n_images": int(len(x)), "max_abs_diff_logits": float(np.abs(got - ref).max()),
            "identical_integer_outputs": int(same_int.sum()),
            "identical_labels": int((lab_q == lab_t).sum()), "output_scale": scale}

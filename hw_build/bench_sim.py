@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.labels import labels_from_outputs
+
 
 class BenchError(RuntimeError):
     """Missing run/build artifacts or a sim/FINN mismatch (one line)."""
@@ -75,8 +77,7 @@ def bench(run, build=None, finn_images: int = 200, threads: int = 2, repeats: in
     with torch.no_grad():
         t_torch = _best(lambda: model(xt), repeats)
         logits = model(xt).numpy()
-    torch_pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else \
-        logits.argmax(1)
+    torch_pred = labels_from_outputs(logits)
 
     ensure_finn()
     import finn.custom_op.fpgadataflow.reshape  # noqa: F401  (registers FINN's HW Reshape)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.labels import labels_from_outputs
 from hw_build.finn_env import tools
 
 __all__ = ["SimulationError", "SimulationInputError", "simulate", "find_build_dir", "cppsim_available",
@@ -129,11 +130,11 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
     hw_int = res[int_name].astype(np.int64)
     t_hw = time.perf_counter() - t0
     q_int = integer_outputs(qonnx, x, progress)
-    if hw_int.shape[1] == 1 and q_int.shape[1] == 1:
-        labels, q_labels = (hw_int[:, 0] > 0).astype(np.int64), (q_int[:, 0] > 0).astype(np.int64)
-    else:
+    q_labels = labels_from_outputs(q_int)
+    if hw_int.shape[1] == 1:
+        labels = labels_from_outputs(hw_int)
+    else:  # the accelerator's own LabelSelect
         labels = res[out_name].reshape(len(x), -1)[:, 0].astype(np.int64)
-        q_labels = q_int.argmax(1)
     same = np.all(hw_int == q_int, axis=1)
     out = {"n_images": int(len(x)), "accuracy": float((labels == y).mean()),
            "identical": f"{int(same.sum())}/{len(x)}",

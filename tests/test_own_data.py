@@ -329,7 +329,9 @@ def idx_chain(tmp_path_factory):
 def test_idx_set_through_make_deploy_validate_notebook(idx_chain):
     work, dataset, c = idx_chain
     cfg = json.loads((c["run"] / "config.json").read_text())
-    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (dataset, 0.2, 60, "B-32N_QN__val0p2")
+    # the run records the folder resolved (one name however spelled); the package keeps the spelling
+    resolved = "idx:" + str(Path(dataset[4:]).resolve())
+    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (resolved, 0.2, 60, "B-32N_QN__val0p2")
     assert (work / "runs").resolve() in c["run"].resolve().parents
     assert not (REPO / "dist" / c["pkg"].name).exists()
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from core.labels import labels_from_outputs
 from train.models import ModelError, ModelOptions, ResBinMLP, build_model, deployed_size
 from train.recipes import Recipe, get_recipe
 from train.run_lock import training_lock
@@ -174,8 +175,8 @@ def _loss_fn(n_outputs: int, label_smoothing: float):
 
 
 def _n_correct(logits, y) -> int:
-    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-    return int((pred == y).sum())
+    pred = labels_from_outputs(logits.detach().cpu().numpy())
+    return int((pred == y.cpu().numpy()).sum())
 
 
 def _distill_loss(student, teacher, temperature: float):
