@@ -256,3 +256,24 @@ def test_bench_table_names_options_and_counts_identical_images(run, auto_report,
     md = (tmp_path / "hw.md").read_text()
     assert "| `B-D16N,12N,QN,D` | auto |" in md and "300/300" in md
     assert json.loads((tmp_path / "hw.json").read_text())[0]["model"] == "B-D16N,12N,QN,D"
+
+
+def test_deployed_size_predicts_what_finn_stores(run, auto_report):
+    """train.models.deployed_size (before any FINN build) against what the build stores
+    (hw_build.estimate.stored_bits): weight bits and threshold counts exactly, threshold bits as
+    an upper bound (FINN narrows each threshold tensor to what its trained values need)."""
+    import numpy as np
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from train.models import deployed_size
+    from train.trainer import load_run
+
+    pred = deployed_size(load_run(run)[0])
+    weights = sum(r["bits"] for r in pred["layers"] if "weights" in r["what"])
+    thr = [r for r in pred["layers"] if "thresholds" in r["what"]]
+    assert weights == auto_report["stored_bits"]["weights"]
+    model = ModelWrapper(str(Path(auto_report["out_dir"]) / "steps" / "step_resbin_golden.onnx"))
+    n_thr = sum(int(np.prod(model.get_initializer(n.input[1]).shape)) for n in model.graph.node
+                if n.op_type.startswith("Thresholding"))
+    assert sum(r["count"] for r in thr) == n_thr
+    assert auto_report["stored_bits"]["thresholds"] <= sum(r["bits"] for r in thr)

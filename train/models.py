@@ -304,9 +304,14 @@ def deployed_size(model: ResBinMLP) -> dict:
     """Bits the accelerator stores for `model` (FINN: weights in MVAUs, BN/quantizers as thresholds).
 
     Accounting (binary models):
-    - binary hidden weights: 1 bit each; Q/P shortcut and output weights: their bit width each;
+    - binary hidden weights: 1 bit each in the XNOR layers, 2 in the first layer when its input
+      has more than 1 bit (FINN's multiply MVAU stores +-1 as INT2); Q/P shortcut and output
+      weights: their bit width each;
     - each hidden layer followed by a sign (BN + sign, or bias + sign): one threshold per unit at
       the layer's accumulator width (one shared threshold without BN and bias);
+    - threshold widths are upper bounds (the accumulator's range); FINN stores each threshold
+      tensor at the width its trained values need, never more (tests/test_hw_build.py checks
+      counts and weight bits exactly, threshold bits as a bound);
     - the last hidden layer and the shortcut into the shared add quantizer (or the head quantizer):
       2^add_bits - 1 thresholds per unit (one shared set when no BN/bias makes them per-channel)
       at the accumulator width; the post-add requantizer: one set of 2^add_bits - 1 thresholds at
@@ -345,7 +350,10 @@ def deployed_size(model: ResBinMLP) -> dict:
     for i, blk in enumerate(model.hidden):
         lin = blk.linear
         n_in, n_out = lin.in_features, lin.out_features
-        add(f"hidden.{i}.linear", "binary weights", n_in * n_out, 1)
+        if i == 0 and b > 1:  # FINN's multiply MVAU (b-bit input x +-1) holds +-1 as INT2
+            add(f"hidden.{i}.linear", "binary weights (INT2 in the multiply MVAU)", n_in * n_out, 2)
+        else:  # XNOR-popcount MVAU: 1 bit per weight
+            add(f"hidden.{i}.linear", "binary weights", n_in * n_out, 1)
         if i == 0:
             acc = _bits_for(n_in * in_levels, True)
         else:
