@@ -377,19 +377,19 @@ def test_no_numeric_option_is_left_unchecked(cli, argv, monkeypatch):
 def test_interrupted_teacher_resumes_where_it_stopped(tmp_path, tiny, monkeypatch, capsys):
     import torch
 
-    import train.trainer as tr
+    from train import fitting
 
     ref = train_run(tiny, "B-16N,QN", recipe=FAST_KD, run_dir=tmp_path / "a" / "ref", progress=True)
     assert "teacher F-16N: 3 epochs (recipe fast-kd's teacher_epochs; --epochs sets the student's only)" \
         in capsys.readouterr().err
-    real, calls = tr._train_epoch, []
+    real, calls = fitting.train_epoch, []
 
     def interrupted(*a, desc, **k):
         calls.append(desc)
         if desc.startswith("teacher") and desc.endswith("2/3"):
             raise KeyboardInterrupt
         return real(*a, desc=desc, **k)
-    monkeypatch.setattr(tr, "_train_epoch", interrupted)
+    monkeypatch.setattr(fitting, "train_epoch", interrupted)
     run = tmp_path / "b" / "run"
     with pytest.raises(KeyboardInterrupt):
         train_run(tiny, "B-16N,QN", recipe=FAST_KD, run_dir=run, progress=False)
@@ -397,7 +397,7 @@ def test_interrupted_teacher_resumes_where_it_stopped(tmp_path, tiny, monkeypatc
     with pytest.raises(TrainError, match=r"interrupted run; pass --resume \(make RESUME=1\)"):
         train_run(tiny, "B-16N,QN", recipe=FAST_KD, run_dir=run, progress=False)
     calls.clear()
-    monkeypatch.setattr(tr, "_train_epoch", lambda *a, desc, **k: calls.append(desc) or real(*a, desc=desc, **k))
+    monkeypatch.setattr(fitting, "train_epoch", lambda *a, desc, **k: calls.append(desc) or real(*a, desc=desc, **k))
     m = train_run(tiny, "B-16N,QN", recipe=FAST_KD, run_dir=run, progress=True, resume=True)
     assert "teacher F-16N: resuming at epoch 1/3" in capsys.readouterr().err
     assert calls == ["teacher F-16N 2/3", "teacher F-16N 3/3", "epoch 1/1"]  # teacher epoch 1 not redone

@@ -16,7 +16,8 @@ import torch
 from train.data import Dataset, load_dataset
 from train.models import ModelOptions, build_model
 from train.recipes import RECIPES, Recipe, get_recipe
-from train.trainer import TrainError, load_checkpoint_into, load_run, random_shift, train_run
+from train.fitting import random_shift
+from train.trainer import TrainError, load_checkpoint_into, load_run, train_run
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Recipe("fast", optimizer="adam", lr=5e-3, batch_size=64, epochs=2, schedule="cosine", shift_px=0)
@@ -168,15 +169,15 @@ def test_cli_trains_and_reports_errors_in_one_line(mnist_dir, tmp_path):
 
 
 def test_teacher_is_shared_by_sibling_runs(tiny, tmp_path, monkeypatch):
-    import train.trainer as T
+    from train import fitting
 
     kw = dict(recipe=replace(FAST_KD, epochs=1), progress=False)
     train_run(tiny, "B-32N,QN", run_dir=tmp_path / "a", **kw)
     cached = list((tmp_path / ".teachers").glob("F-32N-*.pt"))
     assert len(cached) == 1
     trained = []
-    real = T._train_epoch
-    monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: trained.append(k["desc"]) or real(*a, **k))
+    real = fitting.train_epoch
+    monkeypatch.setattr(fitting, "train_epoch", lambda *a, **k: trained.append(k["desc"]) or real(*a, **k))
     train_run(tiny, "B-32N,QN", run_dir=tmp_path / "b", options=ModelOptions(input_bits=4), **kw)
     assert trained and not any(d.startswith("teacher") for d in trained)  # the cached teacher was used
     a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=False)

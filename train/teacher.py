@@ -48,8 +48,9 @@ def _cached(paths, key: dict):
 
 def train_teacher(spec: ModelSpec, recipe: Recipe, ds, train, run: Path, seed: int, device, progress):
     """(float teacher in eval mode, its validation accuracy): F-<widths x mult with N>."""
-    from train.trainer import (_atomic_write_bytes, _make_optimizer, _make_scheduler, _seed_all, _Split,
-                               _train_epoch, evaluate)
+    from train import fitting
+    from train.fitting import Split, evaluate, make_optimizer, make_scheduler, seed_all
+    from train.trainer import _atomic_write_bytes
 
     widths = tuple(w * recipe.teacher_width_mult for w in spec.widths)
     tspec = ModelSpec("F", widths, (False,) * len(widths), (True,) * len(widths))
@@ -66,12 +67,12 @@ def train_teacher(spec: ModelSpec, recipe: Recipe, ds, train, run: Path, seed: i
         if cached != path:
             _atomic_write_bytes(path, lambda p: shutil.copyfile(cached, p))
         return model.to(device).eval(), ck["val_acc"]
-    _seed_all(seed + 7919)
+    seed_all(seed + 7919)
     model = build_model(tspec, ds.n_inputs, ds.n_outputs, ModelOptions(), ds.image_shape, input_max=ds.input_max)
     model.to(device)
     gen = torch.Generator().manual_seed(seed + 7919)
-    opt = _make_optimizer(model, trecipe)
-    sched = _make_scheduler(opt, trecipe, math.ceil(len(train) / trecipe.batch_size))
+    opt = make_optimizer(model, trecipe)
+    sched = make_scheduler(opt, trecipe, math.ceil(len(train) / trecipe.batch_size))
     start = 0
     if partial.exists():
         ck = read_checkpoint(partial, "teacher checkpoint")
@@ -86,12 +87,12 @@ def train_teacher(spec: ModelSpec, recipe: Recipe, ds, train, run: Path, seed: i
         print(f"teacher {tspec.name}: {what} (recipe {recipe.name}'s teacher_epochs; --epochs sets the "
               f"student's only), cached for sibling runs", file=sys.stderr)
     for ep in range(start + 1, trecipe.epochs + 1):
-        _train_epoch(model, opt, sched, trecipe, train, image_shape=ds.image_shape, gen=gen, teacher=None,
+        fitting.train_epoch(model, opt, sched, trecipe, train, image_shape=ds.image_shape, gen=gen, teacher=None,
                      desc=f"teacher {tspec.name} {ep}/{trecipe.epochs}", progress=progress)
         state = {"key": key, "epoch": ep, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "generator": gen.get_state()}
         _atomic_write_bytes(partial, lambda p: torch.save(state, p))
-    _, val_acc = evaluate(model, _Split(ds.x_val, ds.y_val, device))
+    _, val_acc = evaluate(model, Split(ds.x_val, ds.y_val, device))
     _atomic_write_bytes(path, lambda p: torch.save({"key": key, "model": model.state_dict(), "val_acc": val_acc}, p))
     shared.parent.mkdir(exist_ok=True)
     _atomic_write_bytes(shared, lambda p: shutil.copyfile(path, p))

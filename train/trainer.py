@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from core.labels import labels_from_outputs
-from train.models import ModelError, ModelOptions, ResBinMLP, build_model, deployed_size
-from train.recipes import Recipe, get_recipe
+from train import fitting
+from train.fitting import (TRAINERS, Split, evaluate, make_optimizer, make_scheduler, seed_all,
+                           training_forward)
+from train.models import ModelOptions, ResBinMLP, build_model, deployed_size
+from train.recipes import get_recipe
 from train.run_lock import training_lock
 from train.run_state import FORCE_HINT, TrainError, read_checkpoint, require_finished
 from train.runs import run_dir as default_run_dir
@@ -55,12 +56,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise TrainError(f"{path}: unreadable JSON ({e})") from None
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _describe(cfg: dict) -> str:
@@ -134,156 +129,6 @@ def _load_model_state(model, ckpt: dict) -> None:
     if missing or unexpected:
         raise TrainError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     load_quant_state(model, ckpt.get("quant_state", {}))
-
-
-# ---- data on the device -----------------------------------------------------------------------
-
-class _Split:
-    def __init__(self, x: np.ndarray, y: np.ndarray, device):
-        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)  # uint8 stays uint8
-        self.y = torch.from_numpy(np.ascontiguousarray(y)).long().to(device)
-
-    def __len__(self):
-        return len(self.y)
-
-
-def random_shift(x: torch.Tensor, image_shape, max_px: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each flattened (H, W, C) uint8 image by up to +-max_px pixels (zero fill).
-
-    Written with padding + gather because torchvision is not a dependency.
-    """
-    h, w, c = image_shape
-    n = x.shape[0]
-    img = x.reshape(n, h, w, c)
-    img = F.pad(img.permute(0, 3, 1, 2), (max_px, max_px, max_px, max_px)).permute(0, 2, 3, 1)
-    d = torch.randint(0, 2 * max_px + 1, (2, n), generator=gen).to(x.device)
-    rows = torch.arange(h, device=x.device)[None, :] + d[0][:, None]      # (n, h)
-    cols = torch.arange(w, device=x.device)[None, :] + d[1][:, None]      # (n, w)
-    b = torch.arange(n, device=x.device)[:, None, None]
-    return img[b, rows[:, :, None], cols[:, None, :]].reshape(n, -1)
-
-
-def _loss_fn(n_outputs: int, label_smoothing: float):
-    if n_outputs == 1:
-        def bce(logits, y):
-            t = y.float()
-            if label_smoothing:
-                t = t * (1 - label_smoothing) + 0.5 * label_smoothing
-            return F.binary_cross_entropy_with_logits(logits[:, 0], t)
-        return bce
-    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-
-
-def _n_correct(logits, y) -> int:
-    pred = labels_from_outputs(logits.detach().cpu().numpy())
-    return int((pred == y.cpu().numpy()).sum())
-
-
-def _distill_loss(student, teacher, temperature: float):
-    t = temperature
-    if student.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(student[:, 0] / t, torch.sigmoid(teacher[:, 0] / t)) * t * t
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
-                    reduction="batchmean") * t * t
-
-
-@torch.no_grad()
-def evaluate(model, split: _Split, batch_size: int = 2000) -> tuple[float, float]:
-    """(loss, accuracy) of `model` on a split, eval mode; the loss is without label smoothing."""
-    was = model.training
-    model.eval()
-    loss_fn = _loss_fn(model.n_outputs, 0.0)
-    total, correct = 0.0, 0
-    for i in range(0, len(split), batch_size):
-        xb, yb = split.x[i:i + batch_size].float(), split.y[i:i + batch_size]
-        logits = model(xb)
-        total += float(loss_fn(logits, yb)) * len(yb)
-        correct += _n_correct(logits, yb)
-    model.train(was)
-    return total / max(1, len(split)), correct / max(1, len(split))
-
-
-# ---- optimisation -----------------------------------------------------------------------------
-
-def _make_optimizer(model: ResBinMLP, recipe: Recipe):
-    binary = {id(p) for lin in model.binary_linears() for p in [lin.weight]}
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if id(p) in binary or p.ndim < 2:
-            no_decay.append(p)  # latent +-1 weights, biases, BN, quantizer scales
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if recipe.optimizer == "rmsprop":  # Keras RMSprop defaults (the thesis used Keras/Larq)
-        return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=0.9, eps=1e-7)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
-    return torch.optim.Adam(groups, lr=recipe.lr)
-
-
-def _make_scheduler(opt, recipe: Recipe, steps_per_epoch: int):
-    total = max(1, recipe.epochs * steps_per_epoch)
-    warm = int(recipe.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if recipe.schedule == "constant":
-            return 1.0
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _train_epoch(model, opt, sched, recipe, data: _Split, *, image_shape, gen, teacher, desc, progress,
-                 forward=None):
-    model.train()
-    forward = forward or model
-    n = len(data)
-    perm = torch.randperm(n, generator=gen).to(data.x.device)
-    loss_fn = _loss_fn(model.n_outputs, recipe.label_smoothing)
-    bs = recipe.batch_size
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(0, n, bs), desc=desc, leave=False, disable=not progress, unit="batch", file=sys.stderr)
-    for i in bar:
-        idx = perm[i:i + bs]
-        xb, yb = data.x[idx], data.y[idx]
-        if recipe.shift_px and image_shape is not None:
-            xb = random_shift(xb, image_shape, recipe.shift_px, gen)
-        xb = xb.float()
-        logits = forward(xb)
-        loss = loss_fn(logits, yb)
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(xb)
-            a = recipe.distill_alpha
-            loss = (1 - a) * loss + a * _distill_loss(logits, t_logits, recipe.distill_temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if recipe.latent_clip is not None:
-            model.clip_latent_weights(recipe.latent_clip)
-        total_loss += loss.item() * len(yb)
-        correct += _n_correct(logits.detach(), yb)
-        seen += len(yb)
-        if progress:
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-    bar.close()
-    return total_loss / seen, correct / seen
-
-
-TRAINERS = ("fast", "brevitas")
-
-
-def training_forward(model: ResBinMLP, trainer: str = "fast"):
-    """The callable a training step runs: `FastPath(model)` for binary models with trainer "fast"
-    (same outputs, gradients and quantizer statistics as `model`), else the model itself."""
-    if trainer not in TRAINERS:
-        raise TrainError(f"unknown trainer {trainer!r}; expected one of {', '.join(TRAINERS)}")
-    if trainer == "fast" and model.binary:
-        from train.fast_model import FastPath
-        return FastPath(model)
-    return model
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -385,25 +230,23 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
                              trainer=trainer)
 
 
-def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed, resume, limit_train, progress,
-                  force, stop_after, trainer) -> dict:
-    from train.teacher import PARTIAL_FILE, train_teacher
+def _existing_run(spec, run: Path, config: dict, *, resume, force, progress):
+    """What the run folder already holds: ("finished", metrics) when it is this very run,
+    ("resume", checkpoint or None) to continue or start; refuses another or an interrupted run
+    (without --resume) with the way out. Writes config.json."""
+    from train.teacher import PARTIAL_FILE
 
-    ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.json"
-    partial_teacher = run / PARTIAL_FILE
-
-    start_epoch, history, ckpt = 0, [], None
+    ckpt_path, metrics_path, partial_teacher = run / "checkpoint.pt", run / "metrics.json", run / PARTIAL_FILE
+    ckpt = None
     if (run / "config.json").exists() and not force:
         saved = _read_json(run / "config.json")
         _check_same(saved, config, run)
-        same = all(saved.get(k) == config[k] for k in IDENTITY_KEYS)
-        if same and metrics_path.exists():
-            metrics = _read_json(metrics_path)
+        diff = [k for k in IDENTITY_KEYS if saved.get(k) != config[k]]
+        if not diff and metrics_path.exists():
             if progress:
                 print(f"finished run reused (pass {FORCE_HINT} to retrain): {run}", file=sys.stderr)
-            return metrics
-        if not same:
-            diff = [k for k in IDENTITY_KEYS if saved.get(k) != config[k]]
+            return "finished", _read_json(metrics_path)
+        if diff:
             raise TrainError(f"{run} holds a run of {spec.name} with another {', '.join(diff)}; "
                              f"use {FORCE_HINT} to start over or another --run-dir")
         if (ckpt_path.exists() or partial_teacher.exists()) and not resume:
@@ -417,14 +260,61 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
         for f in (metrics_path, ckpt_path, run / "history.csv", partial_teacher):
             f.unlink(missing_ok=True)
     _write_json(run / "config.json", config)
+    return "resume", ckpt
 
+
+def _checkpoint_state(net, opt, sched, gen, dev, *, config, epoch, history, seconds) -> dict:
+    """Everything a resumed run needs to continue bit for bit after `epoch`."""
+    return {"config": config, "epoch": epoch, "history": history, "seconds": seconds,
+            "model": net.state_dict(), "quant_state": quant_state(net), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
+            "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+
+
+def _restore(ckpt: dict, opt, sched, gen, dev) -> tuple[int, list, float]:
+    """Optimizer, schedule and every random stream as the checkpoint left them."""
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    gen.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    random.setstate(ckpt["python_rng"])
+    np.random.set_state(ckpt["numpy_rng"])
+    return ckpt["epoch"], ckpt["history"], ckpt["seconds"]
+
+
+def _final_metrics(net, spec, rec, ds, run: Path, dev, config, options, seed, splits, teacher_acc,
+                   seconds) -> dict:
+    val, test = splits
+    te_loss, te_acc = evaluate(net, test)
+    va_loss, va_acc = evaluate(net, val)
+    thesis_kib, rel = _thesis_sizes(spec, ds.n_inputs, ds.n_outputs, options)
+    dep = deployed_size(net)
+    return {"run_dir": str(run), "dataset": config["dataset"], "model": spec.name, "recipe": rec.name,
+            "epochs": rec.epochs, "seed": int(seed), "test_acc": te_acc, "test_loss": te_loss, "val_acc": va_acc,
+            "val_loss": va_loss, "thesis_size_kib": thesis_kib, "relative_size": rel,
+            "deployed_size_kib": dep["total_kib"], "deployed_size_bits": dep["total_bits"],
+            "deployed_size": dep, "fpga_able": spec.fpga_able, "teacher_val_acc": teacher_acc,
+            "seconds": seconds, "device": str(dev), "finished": True}
+
+
+def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed, resume, limit_train, progress,
+                  force, stop_after, trainer) -> dict:
+    from train.teacher import train_teacher
+
+    state, found = _existing_run(spec, run, config, resume=resume, force=force, progress=progress)
+    if state == "finished":
+        return found
+    ckpt, ckpt_path = found, run / "checkpoint.pt"
     x_tr, y_tr = ds.x_train, ds.y_train
     if limit_train is not None:
         x_tr, y_tr = x_tr[:limit_train], y_tr[:limit_train]
-    train = _Split(x_tr, y_tr, dev)
-    val, test = _Split(ds.x_val, ds.y_val, dev), _Split(ds.x_test, ds.y_test, dev)
+    train = Split(x_tr, y_tr, dev)
+    val, test = Split(ds.x_val, ds.y_val, dev), Split(ds.x_test, ds.y_test, dev)
 
-    _seed_all(seed)
+    seed_all(seed)
     net = build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max).to(dev)
     teacher, teacher_acc = None, None
     if rec.distill_alpha > 0 and spec.binary:
@@ -434,22 +324,13 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
         # parameters) when a state dict is loaded.
         _load_model_state(net, ckpt)
     forward = training_forward(net, trainer)  # after the state dict: Brevitas re-creates quantizers
-    steps = math.ceil(len(train) / rec.batch_size)
-    opt = _make_optimizer(net, rec)
-    sched = _make_scheduler(opt, rec, steps)
+    opt = make_optimizer(net, rec)
+    sched = make_scheduler(opt, rec, math.ceil(len(train) / rec.batch_size))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed + 1)  # dropout stream, independent of whether the teacher was cached
-    seconds = 0.0
+    start_epoch, history, seconds = 0, [], 0.0
     if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        random.setstate(ckpt["python_rng"])
-        np.random.set_state(ckpt["numpy_rng"])
-        start_epoch, history, seconds = ckpt["epoch"], ckpt["history"], ckpt["seconds"]
+        start_epoch, history, seconds = _restore(ckpt, opt, sched, gen, dev)
         if progress:
             print(f"resuming {spec.name} at epoch {start_epoch}/{rec.epochs} from {ckpt_path}", file=sys.stderr)
 
@@ -458,37 +339,25 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
                  disable=not progress, file=sys.stderr, initial=start_epoch, total=rec.epochs)
     for ep in outer:
         t0 = time.perf_counter()
-        tr_loss, tr_acc = _train_epoch(net, opt, sched, rec, train, image_shape=ds.image_shape, gen=gen,
-                                       teacher=teacher, desc=f"epoch {ep}/{rec.epochs}", progress=progress,
-                                       forward=forward)
+        tr_loss, tr_acc = fitting.train_epoch(net, opt, sched, rec, train, image_shape=ds.image_shape, gen=gen,
+                                              teacher=teacher, desc=f"epoch {ep}/{rec.epochs}",
+                                              progress=progress, forward=forward)
         va_loss, va_acc = evaluate(net, val)
         dt = time.perf_counter() - t0
         seconds += dt
         history.append({"epoch": ep, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss,
                         "val_acc": va_acc, "lr": opt.param_groups[0]["lr"], "seconds": dt})
         outer.set_postfix(train_loss=f"{tr_loss:.4f}", val_acc=f"{va_acc:.4f}")
-        state = {"config": config, "epoch": ep, "history": history, "seconds": seconds,
-                 "model": net.state_dict(), "quant_state": quant_state(net), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None,
-                 "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
-        _atomic_write_bytes(ckpt_path, lambda p: torch.save(state, p))
+        st = _checkpoint_state(net, opt, sched, gen, dev, config=config, epoch=ep, history=history,
+                               seconds=seconds)
+        _atomic_write_bytes(ckpt_path, lambda p: torch.save(st, p))
         _write_history(run / "history.csv", history)
     outer.close()
     if last < rec.epochs:
         return {"run_dir": str(run), "epoch": last, "finished": False}
-
-    te_loss, te_acc = evaluate(net, test)
-    va_loss, va_acc = evaluate(net, val)
-    thesis_kib, rel = _thesis_sizes(spec, ds.n_inputs, ds.n_outputs, options)
-    dep = deployed_size(net)
-    metrics = {"run_dir": str(run), "dataset": config["dataset"], "model": spec.name, "recipe": rec.name,
-               "epochs": rec.epochs, "seed": int(seed), "test_acc": te_acc, "test_loss": te_loss, "val_acc": va_acc,
-               "val_loss": va_loss, "thesis_size_kib": thesis_kib, "relative_size": rel,
-               "deployed_size_kib": dep["total_kib"], "deployed_size_bits": dep["total_bits"],
-               "deployed_size": dep, "fpga_able": spec.fpga_able, "teacher_val_acc": teacher_acc,
-               "seconds": seconds, "device": str(dev), "finished": True}
-    _write_json(metrics_path, metrics)
+    metrics = _final_metrics(net, spec, rec, ds, run, dev, config, options, seed, (val, test), teacher_acc,
+                             seconds)
+    _write_json(run / "metrics.json", metrics)
     return metrics
 
 
