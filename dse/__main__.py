@@ -139,7 +139,8 @@ def cmd_search(args) -> int:
 def cmd_bench(args) -> int:
     """The benchmark sweeps: all 1-layer variants and a seeded sample of the 2-layer ones, then the report."""
     from dse.report import write_report
-    from dse.sweep import default_sweep_dir, parse_widths, run_sweep
+    from dse.plan import parse_widths
+    from dse.sweep import default_sweep_dir, run_sweep
 
     plan = [(args.widths1, None), (args.widths2, args.sample)]
     timing, dirs = [], []

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from dse import thesis_tables as T
-from dse.results import COMPONENTS, OPTION_COLUMNS, OPTION_SCOPE
+from dse.results import COMPONENTS, OPTION_COLUMNS
+from train.options import OPTION_SCOPE
 from train.shortcuts import DISPLAY_ORDER, LETTERS
 
 ACC = "test_acc"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from train.options import OPTION_NAMES, OPTION_SCOPE  # noqa: F401 (OPTION_SCOPE re-exported)
+from train.options import OPTION_NAMES
 from train.shortcuts import LETTERS
 
 COMPONENTS = ("N", *LETTERS, "D1", "N1", "D2", "N2", "D3", "N3", "D4", "N4", "D")  # thesis bit order

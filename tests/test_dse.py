@@ -14,7 +14,8 @@ from dse import analysis as A
 from dse import results as R
 from dse.pareto import ParetoError, choose, make_args
 from dse.report import write_report
-from dse.sweep import SweepError, plan, run_sweep
+from dse.plan import SweepError, plan
+from dse.sweep import run_sweep
 from train.data import Dataset
 from train.spec import enumerate_variants
 
