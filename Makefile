@@ -112,15 +112,15 @@ search: $(STAMP)  ## board-aware search: input/shortcut bits, pooling, first wid
 bench_args = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 bench-accuracy: $(STAMP) ## MNIST accuracy of the thesis's baselines and best variants (P and Q) -> docs/results/mnist-accuracy.md
-	$(PY) -m train.bench_accuracy $(bench_args) --out docs/results/mnist-accuracy.md
+	$(PY) -m bench.accuracy $(bench_args) --out docs/results/mnist-accuracy.md
 
 bench-hw: bench-accuracy ## FINN estimates at 1e5/1e6 fps + simulated accuracy of those binary models -> docs/results/mnist-hw.md
-	$(PY) -m hw_build bench --runs $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs binary) \
+	$(PY) -m hw_build bench --runs $$($(PY) -m bench.accuracy $(bench_args) --list-runs binary) \
 	  --targets 1e5 1e6 --board $(BOARD) --out docs/results/mnist-hw.md
 
 bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and PyTorch on 10k MNIST -> docs/results/sim-speed.md
-	$(PY) -m hw_build estimate --run $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs "$(MODEL)") --board $(BOARD)
-	$(PY) -m hw_build.bench_sim --run $$($(PY) -m train.bench_accuracy $(bench_args) --list-runs "$(MODEL)") \
+	$(PY) -m hw_build estimate --run $$($(PY) -m bench.accuracy $(bench_args) --list-runs "$(MODEL)") --board $(BOARD)
+	$(PY) -m bench.sim --run $$($(PY) -m bench.accuracy $(bench_args) --list-runs "$(MODEL)") \
 	  --out docs/results/sim-speed.md
 
 bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
@@ -130,7 +130,7 @@ bench-search: $(STAMP) ## the MNIST search for the Z2 at 1M fps (widths 64-256, 
 	$(PY) -m dse search --dataset mnist --board Pynq-Z2 --target-fps 1e6 $(bench_args) --report docs/results/mnist-z2-search
 
 bench-train: $(STAMP) ## training steps/s of binary (fast path, Brevitas) vs float at batch 32/128 + one epoch end to end -> docs/results/train-speed.md
-	$(PY) -m train.bench_speed --out docs/results/train-speed.md
+	$(PY) -m bench.train_speed --out docs/results/train-speed.md
 
 docker-build:    ## build the FINN/Vivado toolchain image (Vivado is mounted from the host at run time)
 	docker build -f docker/Dockerfile -t resbin:latest .

@@ -348,7 +348,7 @@ class _Parsed(Exception):
 @pytest.mark.parametrize("cli,argv", [("train", ["--dataset", "d", "--model", "m"]), ("train", ["size", "m"]),
                                       ("train", ["variants", "--widths", "8"]), ("export", ["r"]),
                                       ("hw_build", ["estimate"]), ("dse", ["sweep"]),
-                                      ("train.bench_accuracy", []), ("hw_build.bench_sim", [])])
+                                      ("bench.accuracy", []), ("bench.sim", [])])
 def test_no_numeric_option_is_left_unchecked(cli, argv, monkeypatch):
     """Every option of every parser: no bare int/float type (each must be a range-checked type)."""
     import importlib

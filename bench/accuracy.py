@@ -4,7 +4,7 @@ Trains (or reuses, run by run) the three float baselines, the thesis's three bes
 and the same three with the 8-bit `Q` shortcut instead of `P`, and writes a markdown table next
 to the thesis's numbers, with the command and the wall time.
 
-Usage: python -m train.bench_accuracy [--recipe strong] [--epochs N] [--out docs/results/mnist-accuracy.md]
+Usage: python -m bench.accuracy [--recipe strong] [--epochs N] [--out docs/results/mnist-accuracy.md]
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.bench_accuracy", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="strong")
     ap.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
     ap.add_argument("--seed", type=seed_int, default=0)
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         pick = [m for m in models if m.startswith("B-")] if args.list_runs == "binary" else [args.list_runs]
         print(" ".join(str(bench_run_dir(m, args.recipe, args.epochs, args.seed)) for m in pick))
         return 0
-    command = "python -m train.bench_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m bench.accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     t0 = time.perf_counter()
     rows = run(models, args.recipe, args.epochs, args.seed, args.data_dir)
     text = markdown(rows, command, time.perf_counter() - t0)

@@ -1,6 +1,6 @@
-"""`python -m train.bench_speed`: training speed of binary (fast path, Brevitas) vs float models.
+"""`python -m bench.train_speed`: training speed of binary (fast path, Brevitas) vs float models.
 
-    python -m train.bench_speed --out docs/results/train-speed.md [--reps 7] [--steps 30] [--threads 1]
+    python -m bench.train_speed --out docs/results/train-speed.md [--reps 7] [--steps 30] [--threads 1]
 
 Part 1, steps/s: one Adam step (forward, backward, update) on one fixed batch of random pixels,
 for each path and batch size, measured side by side in ONE process with the repetitions
@@ -104,7 +104,7 @@ def measure_epoch(model: str, trainer: str, data_dir: str | None, threads: int) 
 
 def _report(rows, epochs, args) -> str:
     lines = ["# Training speed: binary (fast path, Brevitas) vs float", "",
-             f"Written by `python -m train.bench_speed` ({' '.join(sys.argv[1:]) or 'defaults'}); "
+             f"Written by `python -m bench.train_speed` ({' '.join(sys.argv[1:]) or 'defaults'}); "
              f"torch threads: {args.threads}; {args.reps} interleaved repetitions of {args.steps} steps "
              f"after {args.warmup} warm-up steps; medians. The machine was shared: absolute numbers are "
              "noisy, the ratios (time per step relative to the float model, measured side by side) count.", "",
@@ -134,7 +134,7 @@ def _report(rows, epochs, args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.bench_speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Markdown report (a .json with the raw numbers beside it)")
     p.add_argument("--binary", default=BINARY, help=f"binary model (default {BINARY})")
     p.add_argument("--float", dest="float_model", default=FLOAT, help=f"float model (default {FLOAT})")

@@ -1,6 +1,6 @@
 """Speed of the `sim` backend (deploy.sim) next to FINN's Python execution and PyTorch.
 
-    python -m hw_build.bench_sim --run runs/mnist/<slug> [--build <hw build dir>]
+    python -m bench.sim --run runs/mnist/<slug> [--build <hw build dir>]
         [--finn-images 200] [--threads 2] [--repeats 5] [--out docs/results/sim-speed.md]
 
 One process, one data set (the 10k test images), the same trained model:
@@ -139,7 +139,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"Model `{r['model']}` ({r.get('training', '?')}; build `{r['build_id']}`), {n:,} "
         f"test images; measured by "
-        f"`python -m hw_build.bench_sim` in one process (best of {r['repeats']} runs after a "
+        f"`python -m bench.sim` in one process (best of {r['repeats']} runs after a "
         "warm-up for sim and PyTorch).",
         "",
         "| executor | what it computes | time for all images | images/s |",
@@ -168,7 +168,7 @@ def to_markdown(r: dict) -> str:
 def main(argv=None) -> int:
     from train.cli_types import positive_int
 
-    ap = argparse.ArgumentParser(prog="python -m hw_build.bench_sim",
+    ap = argparse.ArgumentParser(prog="python -m bench.sim",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="training run folder (config.json, checkpoint)")
     ap.add_argument("--build", default=None, help="hardware build folder (default: the newest "
