@@ -91,7 +91,7 @@ def finn_execute(hw_graph_path: Path, x: np.ndarray, int_tensor: str) -> tuple[n
 
 
 def estimate_build(root: Path, mnist_dir: Path, kind: str = "QN") -> Path:
-    """hw_build.build(..., until="estimate") of one tiny run: the build folder H4b's flow makes
+    """hw_build.build(..., until="estimate") of one tiny run: the build folder hw_build's flow makes
     (golden.npz written by it through hw_build.golden.write_golden)."""
     key = ("build", kind)
     if key in _CACHE:

@@ -7,7 +7,7 @@ Binary model (`B-...`), in forward order (attribute names in brackets; export/hw
     trunk [hidden[i]]: ([in_quant] sign, i > 0) -> [dropout] -> [linear] 1-bit weights -> [bn]
     shortcut [shortcut]: ([pool] NHWC max-pool, P) -> [linear] Q/P: QuantLinear, F: float Linear -> [bn]
     with a shortcut:  [add_quant](trunk) + [add_quant](shortcut) -> [add_requant]   (ONE shared
-                      power-of-two quantizer, so the add is integer; finn-notes "residual")
+                      power-of-two quantizer, so the add is integer: FINN cannot build an add of two scales)
     without:          [head_quant](trunk)
     [head_dropout] -> [output] QuantLinear (`output_weight_bits`, power-of-two scale, no bias)
 
@@ -115,7 +115,8 @@ class AffineBatchNorm1d(nn.BatchNorm1d):
 
 class NHWCMaxPool(nn.Module):
     """Max-pool written in NHWC form (reshape -> permute -> max_pool2d -> permute -> flatten) so
-    FINN's own transposes cancel and it maps to ConvolutionInputGenerator + Pool (finn-notes)."""
+    FINN's own transposes cancel and it maps to ConvolutionInputGenerator + Pool (a pool over the
+    flat input would leave a Transpose that FINN maps to a slow Shuffle)."""
 
     def __init__(self, hwc: tuple[int, int, int], kernel: tuple[int, int]):
         super().__init__()
@@ -226,7 +227,7 @@ class ResBinMLP(nn.Module):
                                      pool=pool, weight_bits=options.shortcut_weight_bits)
         self.add_quant = self.add_requant = self.head_quant = None
         if binary and self.shortcut is not None:
-            # ONE module for both branches: same scale -> integer add (finn-notes).
+            # ONE module for both branches: same scale -> integer add, which FINN can build.
             self.add_quant = QuantIdentity(act_quant=FixedPointAct, bit_width=options.add_bits,
                                            return_quant_tensor=True)
             self.add_requant = QuantIdentity(act_quant=FixedPointAct, bit_width=options.add_bits)
