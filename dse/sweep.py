@@ -101,9 +101,6 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
     `variants`: only these variants of the base widths (thesis notation) instead of all / a sample.
     `designs`: instead of the plan, exactly these (variant, options) pairs (`design_jobs`).
     """
-    import ray
-    from tqdm import tqdm
-
     if isinstance(dataset, str):
         from train.data import load_dataset
         ds = load_dataset(dataset, data_dir)
@@ -135,41 +132,9 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
               "board": board if estimate else None, "target_fps": target_fps if estimate else None}
     for j in todo:
         j.update(common, run_dir=str((out / "runs" / j["slug"]).resolve()))
-    runner = runner or train_variant
     t0 = time.time()
-    n_ok = n_failed = 0
-    if todo:
-        own = _ray_init(parallel, ray_address)
-        try:
-            task = ray.remote(num_cpus=1, max_retries=0)(execute)
-            ds_ref = ray.put(ds)
-            pending = {task.remote(runner, j, ds_ref): j for j in todo}
-            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"sweep {out.name}",
-                       unit="variant", disable=not progress, file=sys.stderr)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(ready[0])
-                try:
-                    res = ray.get(ready[0])
-                except ray.exceptions.RayError as e:  # the worker died (killed, out of memory, ...)
-                    res = {"row": {**base_row(job), "status": "failed",
-                                   "error": _one_line(e)}, "traceback": str(e)}
-                row = res["row"]
-                R.append_row(table, row)
-                if row["status"] == "ok":
-                    n_ok += 1
-                else:
-                    n_failed += 1
-                    err_dir = out / "errors"
-                    err_dir.mkdir(exist_ok=True)
-                    (err_dir / f"{job['slug']}.txt").write_text(res["traceback"] or row["error"])
-                bar.set_postfix_str(f"{row['spec']}{row.get('options') or ''} "
-                                    f"{row['status']} {_fmt_acc(row.get('test_acc'))}")
-                bar.update(1)
-            bar.close()
-        finally:
-            if own:
-                ray.shutdown()
+    n_ok, n_failed = _run_jobs(todo, len(jobs), runner or train_variant, ds, out, table, parallel,
+                               ray_address, progress) if todo else (0, 0)
     wall = time.time() - t0
     df = R.read_results(table)
     keys = {(j["spec"], j["options"]) for j in jobs}
@@ -181,6 +146,47 @@ def run_sweep(dataset, widths, *, recipe: str = "thesis", epochs: int | None = N
     if progress:
         print(summary_table(mine, summary, out), file=sys.stderr)
     return mine.sort_values("job").reset_index(drop=True)
+
+
+def _run_jobs(todo: list[dict], n_jobs: int, runner, ds, out: Path, table: Path, parallel: int,
+              ray_address: str | None, progress: bool) -> tuple[int, int]:
+    """Train `todo` as Ray tasks, appending each row as it finishes; (ok, failed) counts."""
+    import ray
+    from tqdm import tqdm
+
+    n_ok = n_failed = 0
+    own = _ray_init(parallel, ray_address)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(execute)
+        ds_ref = ray.put(ds)
+        pending = {task.remote(runner, j, ds_ref): j for j in todo}
+        bar = tqdm(total=n_jobs, initial=n_jobs - len(todo), desc=f"sweep {out.name}",
+                   unit="variant", disable=not progress, file=sys.stderr)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # the worker died (killed, out of memory, ...)
+                res = {"row": {**base_row(job), "status": "failed", "error": _one_line(e)},
+                       "traceback": str(e)}
+            row = res["row"]
+            R.append_row(table, row)
+            if row["status"] == "ok":
+                n_ok += 1
+            else:
+                n_failed += 1
+                err_dir = out / "errors"
+                err_dir.mkdir(exist_ok=True)
+                (err_dir / f"{job['slug']}.txt").write_text(res["traceback"] or row["error"])
+            bar.set_postfix_str(f"{row['spec']}{row.get('options') or ''} "
+                                f"{row['status']} {_fmt_acc(row.get('test_acc'))}")
+            bar.update(1)
+        bar.close()
+    finally:
+        if own:
+            ray.shutdown()
+    return n_ok, n_failed
 
 
 def _fmt_acc(v) -> str:
