@@ -5,13 +5,10 @@ Each is a qonnx `Transformation` used by one step of `hw_build.steps` (listed in
 
 - 1-bit (0/1) inputs. finn-plus converts every 1-bit quantizer as a bipolar one, and its HLS
   MVAU refuses BINARY {0,1} inputs outside XNOR mode ("True binary (non-bipolar) inputs not yet
-  supported"), so the shortcut MVAU cannot read a 0/1 stream. `widen_unsigned_1bit` +
-  `trim_unsigned_1bit` make the converter emit the exact 0/1 quantizer (one threshold, BINARY);
-  `BipolarInputStream` then lets that Thresholding layer emit the same bits as BIPOLAR {-1,+1}
-  (b = 2x - 1, FINN streams both as the bit x) and absorbs the affine map into the consumers'
-  thresholds: a bipolar-weight MVAU becomes an XNOR popcount p = x.W + #(W = -1) (thresholds
-  + #(W = -1) per column), an integer-weight MVAU computes b.W = 2 x.W - colsum(W) (thresholds
-  2t - colsum).
+  supported"). `widen_unsigned_1bit` + `trim_unsigned_1bit` make the converter emit the exact
+  0/1 quantizer (one threshold, BINARY); `BinaryInputLayers` then makes its consumers buildable:
+  the +-1-weight trunk layer as an XNOR popcount p = x.W + #(W = -1) (thresholds + #(W = -1)
+  per column), the integer-weight shortcut reading the same 0/1 values typed UINT2.
 """
 from __future__ import annotations
 
@@ -27,8 +24,8 @@ from qonnx.custom_op.registry import getCustomOp  # noqa: E402
 from qonnx.transformation.base import Transformation  # noqa: E402
 from qonnx.transformation.infer_datatypes import InferDataTypes  # noqa: E402
 
-__all__ = ["RewriteError", "widen_unsigned_1bit", "trim_unsigned_1bit", "BipolarInputStream",
-           "int_type_for"]
+__all__ = ["RewriteError", "widen_unsigned_1bit", "widened_thresholds", "trim_unsigned_1bit",
+           "BinaryInputLayers", "int_type_for"]
 
 
 class RewriteError(RuntimeError):
@@ -69,13 +66,25 @@ def widen_unsigned_1bit(model: ModelWrapper) -> list[str]:
     return tensors
 
 
-def trim_unsigned_1bit(model: ModelWrapper, tensors: list[str]) -> list[str]:
-    """The MultiThresholds made from the widened quantizers (reading `tensors`): keep the first
+def widened_thresholds(model: ModelWrapper, tensors: list[str]) -> list[str]:
+    """Name (InputQuant1bit_<k>) the MultiThresholds the converter made from the widened
+    quantizers and return the names (call it right after the conversion: they still read the
+    quantizers' input `tensors`)."""
+    names = []
+    for n in model.graph.node:
+        if n.op_type == "MultiThreshold" and n.input[0] in tensors:
+            n.name = f"InputQuant1bit_{len(names)}"
+            names.append(n.name)
+    return names
+
+
+def trim_unsigned_1bit(model: ModelWrapper, names: list[str]) -> list[str]:
+    """The MultiThresholds `names` (`widened_thresholds`, after ExactThresholds): keep the first
     threshold, BINARY output. Exact when the other thresholds lie above every value the (integer)
     input can take, which ExactThresholds guarantees for a 1-bit quantizer's unreachable levels."""
     done = []
     for node in model.graph.node:
-        if node.op_type != "MultiThreshold" or node.input[0] not in tensors:
+        if node.op_type != "MultiThreshold" or node.name not in names:
             continue
         t = model.get_initializer(node.input[1])
         idt = model.get_tensor_datatype(node.input[0])
@@ -91,6 +100,9 @@ def trim_unsigned_1bit(model: ModelWrapper, tensors: list[str]) -> list[str]:
         inst.set_nodeattr("out_dtype", "BINARY")
         model.set_tensor_datatype(node.output[0], DataType["BINARY"])
         done.append(node.name)
+    if len(done) != len(names):
+        raise RewriteError(f"1-bit input quantizer(s) {sorted(set(names) - set(done))} not found "
+                           "after the conversion")
     return done
 
 
@@ -115,81 +127,141 @@ def _acc_thresholds(model: ModelWrapper, mvau) -> list[tuple]:
     for c in model.find_consumers(mvau.output[0]) or []:
         if not c.op_type.startswith("Thresholding"):
             raise RewriteError(f"{mvau.name}: its accumulator feeds {c.name} ({c.op_type}), not "
-                               "thresholds; the 0/1 -> bipolar input map cannot be absorbed")
+                               "thresholds; cannot absorb the XNOR offset")
         out.append((c, 1))
     if not out:
-        raise RewriteError(f"{mvau.name}: its accumulator is a graph output; the 0/1 -> bipolar "
-                           "input map cannot be absorbed")
+        raise RewriteError(f"{mvau.name}: its accumulator is a graph output; cannot absorb the "
+                           "XNOR offset")
     return out
 
 
-class BipolarInputStream(Transformation):
-    """A Thresholding layer emitting BINARY {0,1} into integer-weight MVAUs (which finn-plus'
-    HLS MVAU refuses) emits BIPOLAR instead: the same bits, read as b = 2x - 1; each consumer
-    MVAU reads b and its thresholds absorb the map (see the module docstring). Run it on the
-    HW graph (after convert-to-HW, before the bit widths are minimized)."""
+def _to_xnor(model: ModelWrapper, mvau) -> None:
+    """A 0/1-input, +-1-weight MVAU as FINN's XNOR layer: p = #(x == w bit) = x.W + #(W = -1)
+    per column, so its thresholds move up by #(W = -1)."""
+    m = getCustomOp(mvau)
+    w = np.asarray(model.get_initializer(mvau.input[1]), dtype=np.float64)
+    if not np.all(np.abs(w) == 1):
+        raise RewriteError(f"{mvau.name}: BIPOLAR weights hold values other than +-1")
+    shift = (w < 0).sum(axis=0)
+    targets = _acc_thresholds(model, mvau)  # checked before anything changes
+    model.set_initializer(mvau.input[1], ((w + 1) / 2).astype(np.float32))
+    model.set_tensor_datatype(mvau.input[1], DataType["BINARY"])
+    adt = DataType[f"UINT{int(w.shape[0]).bit_length()}"]  # popcount 0..MW
+    for a, v in (("binaryXnorMode", 1), ("weightDataType", "BINARY"), ("inputDataType", "BINARY"),
+                 ("accDataType", adt.name)):
+        m.set_nodeattr(a, v)
+    if m.get_nodeattr("noActivation"):
+        m.set_nodeattr("outputDataType", adt.name)
+        model.set_tensor_datatype(mvau.output[0], adt)
+    for node, i in targets:
+        t = np.ceil(np.asarray(model.get_initializer(node.input[i]), dtype=np.float64))
+        if t.shape[0] != shift.size:  # one shared threshold set: per column after the shift
+            t = np.broadcast_to(t, (shift.size, t.shape[1]))
+        model.set_initializer(node.input[i], (t + shift.reshape(-1, 1)).astype(np.float32))
+        if node is not mvau:
+            getCustomOp(node).set_nodeattr("inputDataType", adt.name)
+
+
+def _as_uint2(model: ModelWrapper, thr) -> None:
+    """A one-threshold 0/1 Thresholding typed UINT2: two more thresholds out of the input's
+    reach, so the values stay 0/1 (FINN's RTL MVAU, on DSPs, wants inputs of 2 bits or more;
+    its consumers are asked for it, FINN falls back to HLS where the widths do not allow it)."""
+    idt = DataType[getCustomOp(thr).get_nodeattr("inputDataType")]
+    if not idt.is_integer():
+        raise RewriteError(f"{thr.name}: {idt.name} input; cannot place thresholds out of reach")
+    t = np.asarray(model.get_initializer(thr.input[1]), dtype=np.float64)
+    never = np.full((t.shape[0], 2), float(idt.max()) + 1)
+    name = model.make_new_valueinfo_name()
+    model.set_initializer(name, np.concatenate([t, never], axis=1).astype(np.float32))
+    thr.input[1] = name
+    inst = getCustomOp(thr)
+    inst.set_nodeattr("numSteps", 3)
+    inst.set_nodeattr("outputDataType", "UINT2")
+    dups, ends = _stream_consumers(model, thr.output[0])
+    for t_name in [thr.output[0]] + [o for d in dups for o in d.output]:
+        model.set_tensor_datatype(t_name, DataType["UINT2"])
+    for n in dups + ends:
+        getCustomOp(n).set_nodeattr("inputDataType", "UINT2")
+    for n in ends:  # FINN picks its RTL (DSP) MVAU by itself only for inputs of 4 bits or more
+        if n.op_type == "MVAU" and getCustomOp(n).get_nodeattr("preferred_impl_style") == "":
+            getCustomOp(n).set_nodeattr("preferred_impl_style", "rtl")
+
+
+def _split_fork(model: ModelWrapper, thr, dup) -> list:
+    """thr -> DuplicateStreams -> branches becomes DuplicateStreams -> one copy of thr per
+    branch (the fork then carries thr's input); returns the copies, in the fork's output order."""
+    import copy
+
+    src = thr.input[0]
+    idt, shape = model.get_tensor_datatype(src), model.get_tensor_shape(src)
+    dup.input[0] = src
+    getCustomOp(dup).set_nodeattr("inputDataType", idt.name)
+    model.graph.node.remove(thr)
+    at = list(model.graph.node).index(dup) + 1
+    copies = []
+    for k, o in enumerate(list(dup.output)):
+        fork = model.make_new_valueinfo_name()
+        model.set_tensor_shape(fork, shape)
+        model.set_tensor_datatype(fork, idt)
+        dup.output[k] = fork
+        node = copy.deepcopy(thr)
+        node.name = f"{thr.name}_{k}"
+        node.input[0], node.output[0] = fork, o
+        model.graph.node.insert(at + k, node)
+        copies.append(model.graph.node[at + k])
+    return copies
+
+
+class BinaryInputLayers(Transformation):
+    """Make the MVAUs that read a Thresholding layer's 0/1 (BINARY) stream outside XNOR mode,
+    which finn-plus' HLS MVAU refuses, buildable with the same integers:
+
+    - +-1-weight MVAUs (the first trunk layer) become FINN's XNOR layer (`_to_xnor`);
+    - integer-weight MVAUs (the Q shortcut) read the same 0/1 values typed UINT2 (`_as_uint2`),
+      which FINN builds as its DSP-based RTL MVAU; where both kinds read one stream through a
+      DuplicateStreams, the fork moves in front of the Thresholding and each branch gets a copy.
+    (A bipolar stream, as for finn-plus' own 1-bit quantizers, would keep the shortcut off the
+    DSPs: the HLS MVAU takes bipolar inputs through LUTs only, and MinimizeWeightBitWidth turns a
+    bipolar x bipolar MVAU's +-1 weights into INT2, which changes what it computes.)
+    Run it on the HW graph (after convert-to-HW, before the bit widths are minimized)."""
 
     def apply(self, model: ModelWrapper):
         for thr in model.graph.node:
-            if not thr.op_type.startswith("Thresholding"):
-                continue
-            inst = getCustomOp(thr)
-            if inst.get_nodeattr("outputDataType") != "BINARY":
+            if not thr.op_type.startswith("Thresholding") or \
+                    getCustomOp(thr).get_nodeattr("outputDataType") != "BINARY":
                 continue
             dups, ends = _stream_consumers(model, thr.output[0])
-            mvaus = [c for c in ends if c.op_type.startswith("MVAU")
-                     and not getCustomOp(c).get_nodeattr("binaryXnorMode")]
-            if not mvaus:
-                continue  # e.g. the sign of a hidden layer feeding XNOR MVAUs: fine as it is
-            if len(mvaus) != len(ends):
-                others = [c.name for c in ends if c not in mvaus]
-                raise RewriteError(f"{thr.name}: its 0/1 stream also feeds {others}; cannot make "
-                                   "it bipolar")
-            if inst.get_nodeattr("ActVal") != 0:
-                raise RewriteError(f"{thr.name}: BINARY output with ActVal "
-                                   f"{inst.get_nodeattr('ActVal')}")
-            for m in mvaus:
-                self._absorb(model, m)
-            inst.set_nodeattr("outputDataType", "BIPOLAR")
-            for t in [thr.output[0]] + [o for d in dups for o in d.output]:
-                model.set_tensor_datatype(t, DataType["BIPOLAR"])
-            for d in dups:
-                getCustomOp(d).set_nodeattr("inputDataType", "BIPOLAR")
+            todo = [c for c in ends if c.op_type.startswith("MVAU")
+                    and not getCustomOp(c).get_nodeattr("binaryXnorMode")]
+            if not todo:
+                continue  # e.g. a hidden layer's sign feeding XNOR MVAUs: FINN builds it
+            if any(not c.op_type.startswith("MVAU") for c in ends):
+                raise RewriteError(f"{thr.name}: its 0/1 stream also feeds "
+                                   f"{[c.name for c in ends if not c.op_type.startswith('MVAU')]}")
+            ints = [c for c in todo if getCustomOp(c).get_nodeattr("weightDataType") != "BIPOLAR"]
+            for c in todo:
+                if c not in ints:
+                    _to_xnor(model, c)
+            if ints and len(ints) == len(ends):
+                _as_uint2(model, thr)
+            elif ints:
+                self._split(model, thr, dups, ints)
             return model.transform(InferDataTypes()), True
         return model, False
 
     @staticmethod
-    def _absorb(model: ModelWrapper, mvau) -> None:
-        """The MVAU reads b = 2x - 1 instead of x; its thresholds move with the accumulator."""
-        m = getCustomOp(mvau)
-        w = model.get_initializer(mvau.input[1])
-        if w is None:
-            raise RewriteError(f"{mvau.name}: weights are not constant")
-        w = np.asarray(w, dtype=np.float64)
-        wdt = m.get_nodeattr("weightDataType")
-        if wdt == "BIPOLAR":   # FINN's bipolar x bipolar MVAU counts matches: p = x.W + #(W=-1)
-            alpha, beta = 1, (w < 0).sum(axis=0)
-            lo, hi = 0, w.shape[0]
-        else:                  # integer weights: b.W = 2 x.W - colsum(W)
-            alpha, beta = 2, -w.sum(axis=0)
-            lo, hi = -int(np.abs(w).sum(axis=0).max()), int(np.abs(w).sum(axis=0).max())
-        m.set_nodeattr("inputDataType", "BIPOLAR")
-        targets = _acc_thresholds(model, mvau)  # check before changing anything
-        adt = int_type_for(lo, hi) if wdt != "BIPOLAR" else int_type_for(-hi, hi)  # as FINN sizes it
-        m.set_nodeattr("accDataType", adt.name)
-        if m.get_nodeattr("noActivation"):
-            m.set_nodeattr("outputDataType", adt.name)
-            model.set_tensor_datatype(mvau.output[0], adt)
-        for node, i in targets:
-            t = np.ceil(np.asarray(model.get_initializer(node.input[i]), dtype=np.float64))
-            b = beta.reshape(-1, 1) if t.shape[0] == beta.size else None
-            if b is None:  # one shared threshold set: per column after the map
-                t = np.broadcast_to(t, (beta.size, t.shape[1]))
-                b = beta.reshape(-1, 1)
-            model.set_initializer(node.input[i], (alpha * t + b).astype(np.float32))
-            if node is not mvau:
-                inst = getCustomOp(node)
-                inst.set_nodeattr("inputDataType", adt.name)
-                if inst.get_nodeattr("NumChannels") != beta.size:
-                    raise RewriteError(f"{node.name}: {inst.get_nodeattr('NumChannels')} "
-                                       f"channels, expected {beta.size}")
+    def _split(model, thr, dups, ints) -> None:
+        names = {c.name for c in ints}
+        if len(dups) != 1 or len(model.find_consumers(thr.output[0]) or []) != 1:
+            raise RewriteError(f"{thr.name}: its 0/1 stream reaches integer-weight MVAUs "
+                               f"{sorted(names)} and XNOR layers other than through one fork")
+        kinds = []
+        for o in dups[0].output:
+            k = {c.name in names for c in model.find_consumers(o) or []}
+            if len(k) != 1:
+                raise RewriteError(f"{thr.name}: a branch of {dups[0].name} feeds both integer-"
+                                   "weight MVAUs and XNOR layers")
+            kinds.append(k.pop())
+        for copy_, is_int in zip(_split_fork(model, thr, dups[0]), kinds):
+            if is_int:
+                _as_uint2(model, copy_)

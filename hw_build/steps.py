@@ -48,15 +48,16 @@ from hw_build.finn_fixes import (  # noqa: E402
     quantizer_specs,
 )
 from hw_build.rewrites import (  # noqa: E402
-    BipolarInputStream,
+    BinaryInputLayers,
     RewriteError,
     trim_unsigned_1bit,
     widen_unsigned_1bit,
+    widened_thresholds,
 )
 
 __all__ = ["NotHardwareError", "HW_GRAPH_STEPS", "HW_GRAPH_FILE", "step_resbin_qonnx_to_finn",
            "step_resbin_tidy", "step_resbin_streamline", "step_resbin_bipolar_fix",
-           "step_resbin_convert_to_hw", "step_resbin_bipolar_input", "step_resbin_minimize_bit_width",
+           "step_resbin_convert_to_hw", "step_resbin_binary_input", "step_resbin_minimize_bit_width",
            "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS",
            "remove_identity_thresholds", "xnor_mvaus"]
 
@@ -85,6 +86,7 @@ def step_resbin_qonnx_to_finn(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     specs = quantizer_specs(model)
     one_bit = widen_unsigned_1bit(model)
     model = stock.step_qonnx_to_finn(model, cfg)
+    one_bit = widened_thresholds(model, one_bit)
     model = model.transform(ExactThresholds(specs))
     try:
         trim_unsigned_1bit(model, one_bit)
@@ -116,7 +118,7 @@ def remove_identity_thresholds(model: ModelWrapper) -> tuple[ModelWrapper, list[
             continue
         lo, hi = int(idt.min()), int(idt.max())
         if hi - lo == 1:
-            continue  # a 0/1 input keeps its layer: step_resbin_bipolar_input streams it bipolar
+            continue  # a 0/1 input keeps its layer (step_resbin_binary_input types it)
         if hi - lo > 4096 or t.shape[-1] != hi - lo or inst.get_nodeattr("out_bias") != lo:
             continue
         if not np.array_equal(t, np.broadcast_to(np.arange(lo + 1, hi + 1), t.shape)):
@@ -181,12 +183,13 @@ def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
     return model
 
 
-def step_resbin_bipolar_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
-    """A 0/1 stream into integer-weight MVAUs (1-bit inputs), which finn-plus' HLS MVAU refuses,
-    streams as bipolar {-1,+1}: the same bits, the affine map absorbed into the consumers'
-    thresholds (hw_build.rewrites.BipolarInputStream). No-op for other graphs."""
+def step_resbin_binary_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """MVAUs reading a 0/1 input stream (1-bit inputs) outside XNOR mode, which finn-plus' HLS
+    MVAU refuses: the +-1-weight trunk layer becomes an XNOR layer (thresholds shifted), the
+    integer-weight shortcut reads the 0/1 values typed UINT2 (FINN's DSP MVAU)
+    (hw_build.rewrites.BinaryInputLayers). No-op for other graphs."""
     try:
-        return model.transform(BipolarInputStream())
+        return model.transform(BinaryInputLayers())
     except RewriteError as e:
         raise NotHardwareError(str(e)) from None
 
@@ -229,7 +232,7 @@ HW_GRAPH_STEPS = [
     step_resbin_streamline,
     step_resbin_bipolar_fix,
     step_resbin_convert_to_hw,
-    step_resbin_bipolar_input,
+    step_resbin_binary_input,
     step_resbin_minimize_bit_width,
     step_resbin_create_dataflow_partition,
 ]
