@@ -50,6 +50,7 @@ from hw_build.finn_fixes import (  # noqa: E402
 from hw_build.rewrites import (  # noqa: E402
     BinaryInputLayers,
     RewriteError,
+    SharedRequantThresholds,
     trim_unsigned_1bit,
     widen_unsigned_1bit,
     widened_thresholds,
@@ -57,7 +58,8 @@ from hw_build.rewrites import (  # noqa: E402
 
 __all__ = ["NotHardwareError", "HW_GRAPH_STEPS", "HW_GRAPH_FILE", "step_resbin_qonnx_to_finn",
            "step_resbin_tidy", "step_resbin_streamline", "step_resbin_bipolar_fix",
-           "step_resbin_convert_to_hw", "step_resbin_binary_input", "step_resbin_minimize_bit_width",
+           "step_resbin_shared_thresholds", "step_resbin_convert_to_hw",
+           "step_resbin_binary_input", "step_resbin_minimize_bit_width",
            "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS",
            "remove_identity_thresholds", "xnor_mvaus"]
 
@@ -161,6 +163,14 @@ def step_resbin_bipolar_fix(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mo
     return model.transform(RoundAndClipThresholds()).transform(InferDataTypes())
 
 
+def step_resbin_shared_thresholds(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Per-channel requantizers whose thresholds an exact integer affine map per channel can
+    share (the trunk's requantizer on an XNOR popcount: 255 thresholds x channels -> 255 in all)
+    become Mul/Add by integer constants (FINN: ElementwiseMul/ElementwiseAdd) and one shared
+    threshold set (hw_build.rewrites.SharedRequantThresholds)."""
+    return model.transform(SharedRequantThresholds()).transform(InferDataTypes())
+
+
 def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Insert TopK (-> LabelSelect) for multi-class outputs, then FINN's convert-to-HW.
 
@@ -231,6 +241,7 @@ HW_GRAPH_STEPS = [
     step_resbin_tidy,
     step_resbin_streamline,
     step_resbin_bipolar_fix,
+    step_resbin_shared_thresholds,
     step_resbin_convert_to_hw,
     step_resbin_binary_input,
     step_resbin_minimize_bit_width,
