@@ -167,7 +167,10 @@ def step_resbin_shared_thresholds(model: ModelWrapper, cfg: DataflowBuildConfig)
     """Per-channel requantizers whose thresholds an exact integer affine map per channel can
     share (the trunk's requantizer on an XNOR popcount: 255 thresholds x channels -> 255 in all)
     become Mul/Add by integer constants (FINN: ElementwiseMul/ElementwiseAdd) and one shared
-    threshold set (hw_build.rewrites.SharedRequantThresholds)."""
+    threshold set (hw_build.rewrites.SharedRequantThresholds). Only with standalone thresholds
+    (ResBin's default): with FINN's embedded ones the thresholds stay in their MVAU."""
+    if not cfg.standalone_thresholds:
+        return model
     return model.transform(SharedRequantThresholds()).transform(InferDataTypes())
 
 
