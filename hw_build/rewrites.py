@@ -120,15 +120,24 @@ def _stream_consumers(model: ModelWrapper, tensor: str) -> tuple[list, list]:
 
 
 def _acc_thresholds(model: ModelWrapper, mvau) -> list[tuple]:
-    """(node, threshold input index) of the thresholds that compare `mvau`'s accumulator."""
+    """Where `mvau`'s accumulator is compared: (node, threshold input index) of its thresholds,
+    or (ElementwiseAdd node, None) behind an ElementwiseMul by a constant (the shared-threshold
+    requantizer of hw_build.steps.step_resbin_shared_thresholds)."""
     if not getCustomOp(mvau).get_nodeattr("noActivation"):
         return [(mvau, 2)]
     out = []
     for c in model.find_consumers(mvau.output[0]) or []:
-        if not c.op_type.startswith("Thresholding"):
-            raise RewriteError(f"{mvau.name}: its accumulator feeds {c.name} ({c.op_type}), not "
-                               "thresholds; cannot absorb the XNOR offset")
-        out.append((c, 1))
+        if c.op_type.startswith("Thresholding"):
+            out.append((c, 1))
+            continue
+        add = model.find_consumer(c.output[0]) if c.op_type.startswith("ElementwiseMul") else None
+        if add is not None and add.op_type.startswith("ElementwiseAdd") \
+                and model.get_initializer(c.input[1]) is not None \
+                and model.get_initializer(add.input[1]) is not None:
+            out.append((add, None))
+            continue
+        raise RewriteError(f"{mvau.name}: its accumulator feeds {c.name} ({c.op_type}), not "
+                           "thresholds; cannot absorb the XNOR offset")
     if not out:
         raise RewriteError(f"{mvau.name}: its accumulator is a graph output; cannot absorb the "
                            "XNOR offset")
@@ -137,7 +146,8 @@ def _acc_thresholds(model: ModelWrapper, mvau) -> list[tuple]:
 
 def _to_xnor(model: ModelWrapper, mvau) -> None:
     """A 0/1-input, +-1-weight MVAU as FINN's XNOR layer: p = #(x == w bit) = x.W + #(W = -1)
-    per column, so its thresholds move up by #(W = -1)."""
+    per column, so its thresholds move up by #(W = -1) (behind a constant Mul A: the Add's
+    constant B becomes B - A * #(W = -1))."""
     m = getCustomOp(mvau)
     w = np.asarray(model.get_initializer(mvau.input[1]), dtype=np.float64)
     if not np.all(np.abs(w) == 1):
@@ -154,6 +164,17 @@ def _to_xnor(model: ModelWrapper, mvau) -> None:
         m.set_nodeattr("outputDataType", adt.name)
         model.set_tensor_datatype(mvau.output[0], adt)
     for node, i in targets:
+        if i is None:  # ElementwiseAdd behind ElementwiseMul(acc, A)
+            mul = model.find_producer(node.input[0])
+            a = np.asarray(model.get_initializer(mul.input[1]), dtype=np.float64).reshape(-1)
+            b = np.asarray(model.get_initializer(node.input[1]), dtype=np.float64)
+            nb = (b.reshape(-1) - a * shift).reshape(b.shape)
+            model.set_initializer(node.input[1], nb.astype(np.float32))
+            bdt = int_type_for(int(nb.min()), int(nb.max()))
+            model.set_tensor_datatype(node.input[1], bdt)
+            getCustomOp(node).set_nodeattr("rhs_dtype", bdt.name)
+            getCustomOp(mul).set_nodeattr("lhs_dtype", adt.name)
+            continue
         t = np.ceil(np.asarray(model.get_initializer(node.input[i]), dtype=np.float64))
         if t.shape[0] != shift.size:  # one shared threshold set: per column after the shift
             t = np.broadcast_to(t, (shift.size, t.shape[1]))
