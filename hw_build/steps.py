@@ -47,10 +47,10 @@ from hw_build.finn_fixes import (  # noqa: E402
     XnorAccumulatorFix,
     quantizer_specs,
 )
+from hw_build.shared_thresholds import SharedRequantThresholds  # noqa: E402
 from hw_build.rewrites import (  # noqa: E402
     BinaryInputLayers,
     RewriteError,
-    SharedRequantThresholds,
     trim_unsigned_1bit,
     widen_unsigned_1bit,
     widened_thresholds,
@@ -167,7 +167,7 @@ def step_resbin_shared_thresholds(model: ModelWrapper, cfg: DataflowBuildConfig)
     """Per-channel requantizers whose thresholds an exact integer affine map per channel can
     share (the trunk's requantizer on an XNOR popcount: 255 thresholds x channels -> 255 in all)
     become Mul/Add by integer constants (FINN: ElementwiseMul/ElementwiseAdd) and one shared
-    threshold set (hw_build.rewrites.SharedRequantThresholds). Only with standalone thresholds
+    threshold set (hw_build.shared_thresholds.SharedRequantThresholds). Only with standalone thresholds
     (ResBin's default): with FINN's embedded ones the thresholds stay in their MVAU."""
     if not cfg.standalone_thresholds:
         return model

@@ -1,4 +1,4 @@
-"""hw_build.rewrites.SharedRequantThresholds: per-channel requantizers as an exact integer affine
+"""hw_build.shared_thresholds.SharedRequantThresholds: per-channel requantizers as an exact integer affine
 map per channel + one shared threshold set (step_resbin_shared_thresholds)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _count(T: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def test_affine_for_is_exact_on_quantized_lines_and_refuses_other_step_functions():
-    from hw_build.rewrites import _affine_for
+    from hw_build.shared_thresholds import affine_for
 
     rng = np.random.default_rng(0)
     lo, hi, S, C = 0, 88, 255, 40
@@ -30,7 +30,7 @@ def test_affine_for_is_exact_on_quantized_lines_and_refuses_other_step_functions
                   for c in range(C)], dtype=np.float64)
     assert np.array_equal(_count(T, x), levels)
     D = 1
-    while (found := _affine_for(T, lo, hi, D)) is None:
+    while (found := affine_for(T, lo, hi, D)) is None:
         D *= 2
     A, B = found
     v = A[:, None] * x[None, :] + B[:, None]
@@ -38,7 +38,7 @@ def test_affine_for_is_exact_on_quantized_lines_and_refuses_other_step_functions
     assert np.array_equal((shared[None, :, None] <= v[:, None, :]).sum(axis=1), levels)
     assert (A >= 0).all() and np.abs(v).max() < 2 ** 24
     # steps at 10, 11 and 30: no line crosses D, 2D, 3D there (slope > D/2 and < D/18)
-    assert all(_affine_for(np.array([[10.0, 11.0, 30.0]]), 0, 40, 2 ** k) is None for k in range(20))
+    assert all(affine_for(np.array([[10.0, 11.0, 30.0]]), 0, 40, 2 ** k) is None for k in range(20))
 
 
 @pytest.fixture(scope="module")
