@@ -104,10 +104,12 @@ report: $(STAMP)  ## markdown report with plots of the sweeps of DATASET (or SWE
 	$(PY) -m dse report $(sweeps)
 
 pareto: $(STAMP)  ## most accurate swept variant that fits BOARD at TARGET_FPS; prints the `make bitstream` line
-	$(PY) -m dse pareto $(sweeps) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
+	$(PY) -m dse pareto $(sweeps) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) \
+	  $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS))
 
 search: $(STAMP)  ## board-aware search: input/shortcut bits, pooling, first width -> most accurate design that fits BOARD at TARGET_FPS
-	$(PY) -m dse search --dataset $(DATASET) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(bench_args)
+	$(PY) -m dse search --dataset $(DATASET) --board $(BOARD) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) $(bench_args) \
+	  $(if $(SHORTCUT_BITS),--shortcut-bits $(SHORTCUT_BITS))
 
 bench_args = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS))
 

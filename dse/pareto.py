@@ -10,6 +10,10 @@ synthesis) and the result is cached in `<sweep>/estimates.csv`. The search stops
 candidate that fits, so only as many variants are estimated as needed.
 Without a target frame rate, `min_accuracy` asks the other question: among the variants at least
 that accurate, the one with the highest frame rate reachable on the board.
+
+The product is specified with 8-bit quantized shortcuts (`SPEC_SHORTCUT_BITS`): a P/Q variant with
+other shortcut weight bits is a candidate only when those bits are asked for (`shortcut_bits`), and
+every description of it names the deviation (`deviations`, `describe`).
 """
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ import pandas as pd
 
 from dse import results as R
 from dse.sweep import estimate_row
+from train.options import ModelOptions
 
 FPS_TOL = 0.999  # FINN's folding lands on whole cycles: 1e6 requested -> 1,020,408 or 1,000,000
 EST_COLUMNS = ("spec", "options", "run_dir", "board", "target_fps", "est_fps", "lut", "bram18", "dsp",
                "fits", "hw_error")
+# the specification: a binary residual MLP with 8-bit quantized shortcuts (ModelOptions' default)
+SPEC_SHORTCUT_BITS = ModelOptions().shortcut_weight_bits
 
 
 class ParetoError(ValueError):
@@ -114,6 +121,34 @@ def fits_at(est: dict, target_fps: float | None) -> bool:
     return fits and fps is not None and (target_fps is None or fps >= target_fps * FPS_TOL)
 
 
+def deviations(row: dict) -> list[str]:
+    """How a design departs from the specification (8-bit shortcut weights on P/Q shortcuts)."""
+    from train.spec import ModelSpec
+
+    try:
+        kind = ModelSpec.parse(str(row["spec"])).shortcut
+    except (KeyError, ValueError):
+        return []
+    bits = _num(row.get("shortcut_weight_bits"))
+    if kind in ("P", "Q") and bits is not None and int(bits) != SPEC_SHORTCUT_BITS:
+        return [f"{int(bits)}-bit shortcut weights"]
+    return []
+
+
+def deviation_note(row: dict) -> str:
+    """'deviation from the specification: 4-bit shortcut weights', or '' for a design within it."""
+    dev = deviations(row)
+    return f"deviation from the specification: {', '.join(dev)}" if dev else ""
+
+
+def allowed(row: dict, shortcut_bits=None) -> bool:
+    """Whether a row is a candidate: within the specification, or its shortcut bits asked for."""
+    if not deviations(row):
+        return True
+    return shortcut_bits is not None and int(_num(row.get("shortcut_weight_bits"))) in \
+        {int(b) for b in shortcut_bits}
+
+
 def _estimate_for(row: pd.Series, board: str, target_fps: float | None, estimate_missing: bool,
                   estimator) -> dict | None:
     """An estimate that decides this row at (board, target_fps): from the table, cache or new."""
@@ -136,8 +171,11 @@ def _estimate_for(row: pd.Series, board: str, target_fps: float | None, estimate
 
 def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy: float | None = None,
            estimate_missing: bool = True, estimator=None, df: pd.DataFrame | None = None,
-           progress: bool = False) -> dict:
+           progress: bool = False, shortcut_bits=None) -> dict:
     """The chosen row (dict, estimate columns filled) or ParetoError.
+
+    Candidates keep 8-bit shortcut weights (the specification) unless `shortcut_bits` (e.g.
+    [4, 8]) asks for others; a chosen row with lower-bit shortcuts has `deviation` set.
 
     target_fps given: the most accurate variant (>= min_accuracy, if given) that fits `board` at
     >= target_fps. target_fps None: among variants >= min_accuracy (default: all), the one with
@@ -151,11 +189,17 @@ def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy:
     cands = df[(df["status"] == "ok") & (df["fpga_able"] == 1) & df["test_acc"].notna()]
     if min_accuracy is not None:
         cands = cands[cands["test_acc"] >= min_accuracy]
+    keep = [allowed(r, shortcut_bits) for r in cands.to_dict("records")]
+    left_out = len(cands) - sum(keep)
+    cands = cands[pd.Series(keep, index=cands.index, dtype=bool)] if len(cands) else cands
+    spec_note = (f" ({left_out} variants with other than {SPEC_SHORTCUT_BITS}-bit shortcut weights left "
+                 "out: a deviation from the specification; ask for them with --shortcut-bits)"
+                 if left_out else "")
     cands = cands.sort_values("test_acc", ascending=False, kind="stable")
     where = ", ".join(sorted(set(map(str, df["sweep"])))) if "sweep" in df else "the table"
     if not len(cands):
         raise ParetoError(f"no finished FPGA-able variant{f' with test accuracy >= {min_accuracy}' if min_accuracy else ''} "
-                          f"in {where}")
+                          f"in {where}{spec_note}")
     tried = 0
     best = None
     for _, row in cands.iterrows():
@@ -169,6 +213,7 @@ def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy:
         if not fits_at(est, target_fps):
             continue
         out = {**row.to_dict(), **{k: est.get(k) for k in R.HW_COLUMNS}, "board": board, "target_fps": target_fps}
+        out["deviation"] = deviation_note(out)
         if target_fps is not None:
             return out
         if best is None or _num(out["est_fps"]) > _num(best["est_fps"]) * (1 + 1e-9):
@@ -178,7 +223,7 @@ def choose(sweeps, board: str, target_fps: float | None = None, *, min_accuracy:
     what = f"at >= {target_fps:,.0f} fps" if target_fps is not None else "at any frame rate"
     raise ParetoError(f"none of the {len(cands)} FPGA-able variants in {where} fits {board} {what}"
                       + ("" if estimate_missing else " (with the estimates in the tables; "
-                         f"{len(cands) - tried} not estimated)"))
+                         f"{len(cands) - tried} not estimated)") + spec_note)
 
 
 def make_args(row: dict, *, board: str | None = None, target_fps: float | None = None) -> list[str]:
@@ -212,6 +257,8 @@ def describe(row: dict) -> str:
     run = str(row.get("run_dir") or "")
     if run.startswith(os.getcwd() + os.sep):
         run = os.path.relpath(run)
+    dev = deviation_note(row)
     return (f"{row['spec']}{row.get('options') or ''}: test accuracy {row['test_acc']:.4f}, "
             f"{fps:,.0f} fps estimated, {lut:,.0f} LUT, {_num(row.get('bram18')) or 0:,.0f} BRAM18, "
-            f"{_num(row.get('dsp')) or 0:,.0f} DSP on {row.get('board')} (run {run})")
+            f"{_num(row.get('dsp')) or 0:,.0f} DSP on {row.get('board')} (run {run})"
+            + (f"; {dev}" if dev else ""))

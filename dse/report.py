@@ -20,7 +20,7 @@ import pandas as pd
 
 from dse import analysis as A
 from dse import thesis_tables as T
-from dse.pareto import ParetoError, choose, describe, load_sweeps
+from dse.pareto import ParetoError, choose, describe, deviations, load_sweeps
 from hw_build.boards import FIT_BUDGET
 from train.shortcuts import DISPLAY_ORDER
 
@@ -142,8 +142,12 @@ def plot_front(df: pd.DataFrame, x: str, path: Path, *, xlabel: str, lower_is_be
 
 # ----------------------------------------------------------------------------------- report
 
-def write_report(sweeps, out_dir=None, *, board: str | None = None, target_fps: float | None = None) -> Path:
-    """Write `report.md` and its PNGs into `out_dir` (default: the first sweep's folder)."""
+def write_report(sweeps, out_dir=None, *, board: str | None = None, target_fps: float | None = None,
+                 shortcut_bits=None) -> Path:
+    """Write `report.md` and its PNGs into `out_dir` (default: the first sweep's folder).
+
+    The board section's choice keeps 8-bit shortcut weights (the specification) unless
+    `shortcut_bits` asks for others (`dse.pareto.choose`); its tables name every deviation."""
     sweeps = [Path(s) for s in sweeps]
     for s in sweeps:
         if not (s / "results.csv").exists():
@@ -208,7 +212,7 @@ def write_report(sweeps, out_dir=None, *, board: str | None = None, target_fps: 
            md_table(front.set_index("spec")[["options", "thesis_size_kib", "relative_size", A.ACC]], "{:.4f}"), ""]
 
     # board
-    md += _board_section(ok, sweeps, out, board, target_fps)
+    md += _board_section(ok, sweeps, out, board, target_fps, shortcut_bits)
 
     # recommendations
     recs = A.recommendations(ok, dataset)
@@ -316,8 +320,9 @@ def _axes_pivots(hw: pd.DataFrame, cap: dict | None = None) -> list[str]:
     return out
 
 
-def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> list[str]:
-    hw = ok[ok["est_fps"].notna() & ok["lut"].notna()]
+def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps, shortcut_bits=None) -> list[str]:
+    hw = ok[ok["est_fps"].notna() & ok["lut"].notna()].copy()
+    hw["deviation"] = [", ".join(deviations(r)) for r in hw.to_dict("records")]
     if not len(hw):
         return ["## On the board", "", "No FINN estimates in these sweeps (run the sweep with a board, or "
                 "`python -m dse pareto`, which estimates the candidates it needs).", ""]
@@ -330,7 +335,7 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
         tfps = float(ts[0]) if len(ts) == 1 else None
     chosen, why = None, ""
     try:
-        chosen = choose(sweeps, board, tfps, estimate_missing=False, df=ok)
+        chosen = choose(sweeps, board, tfps, estimate_missing=False, df=ok, shortcut_bits=shortcut_bits)
         why = f"Chosen: {describe(chosen)}."
     except ParetoError as e:
         why = f"No design chosen: {e}."
@@ -353,6 +358,8 @@ def _board_section(ok: pd.DataFrame, sweeps, out: Path, board, target_fps) -> li
     lut_front = fits[A.pareto_mask(fits["lut"], fits[A.ACC], x_lower_is_better=True)]
     t_txt = f" at a target of {tfps:,.0f} fps" if tfps else " at the fastest folding that fits"
     cols = ["options", A.ACC, "est_fps", "lut", "bram18", "dsp", "fits"]
+    if (hw["deviation"] != "").any():  # name every departure from the specification (8-bit shortcuts)
+        cols.append("deviation")
     fmt = dict(fmt="{:,.0f}", formats={A.ACC: "{:.4f}"})
     lines = ["## On the board", "",
              f"FINN estimates (no synthesis) on {board}{cap}{t_txt}: {len(hw)} FPGA-able variants, "

@@ -15,6 +15,10 @@ Two stages, both ordinary sweeps (`dse.sweep.run_sweep`, so Ray, resume and fail
    since more width or precision is not expected to cost accuracy. The most accurate final design
    that fits is chosen (`dse.pareto.choose`).
 The screen's accuracies are not used for the choice; they are too short to rank designs.
+
+The specification fixes 8-bit shortcut weights: unless `options_grid` asks for
+`shortcut_weight_bits`, only 8-bit shortcuts are screened, and a design chosen with other
+shortcut bits is reported as a named deviation from the specification (`dse.pareto.deviations`).
 """
 from __future__ import annotations
 
@@ -79,7 +83,8 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     """
     import json
 
-    from dse.pareto import ParetoError, choose, describe, fits_at, make_args
+    from dse.pareto import (SPEC_SHORTCUT_BITS, ParetoError, allowed, choose, describe, deviation_note,
+                            fits_at, make_args)
     from dse.sweep import SweepError, default_sweep_dir, run_sweep
     from train.spec import ModelSpec
 
@@ -91,6 +96,9 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
         if s.kind != "B" or not s.fpga_able:
             raise SearchError(f"{v}: only binary variants that FINN can build (no float shortcut) can be searched")
         specs.append(s)
+    options_grid = dict(options_grid or {})
+    asked_bits = options_grid.get("shortcut_weight_bits")  # None: the specification's 8 bits only
+    options_grid.setdefault("shortcut_weight_bits", [SPEC_SHORTCUT_BITS])
     if isinstance(dataset, str):
         from train.data import load_dataset
         dataset = load_dataset(dataset, data_dir)
@@ -107,7 +115,7 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     mine = screen[np.array([r["kind"] == "B" and _family(r["spec"]) in families
                             for r in screen.to_dict("records")], dtype=bool)]
     ok = mine[mine["status"] == "ok"]
-    fit = ok[[fits_at(r, target_fps) for r in ok.to_dict("records")]]
+    fit = ok[[fits_at(r, target_fps) and allowed(r, asked_bits) for r in ok.to_dict("records")]]
     if not len(fit):
         raise SearchError(f"no screened design fits {board} at {target_fps:,.0f} fps (see {out / 'screen'})")
     keep = maximal(fit)
@@ -119,12 +127,13 @@ def board_search(dataset, variants, *, board: str, target_fps: float, first_widt
     except SweepError as e:
         raise SearchError(str(e)) from None
     try:
-        row = choose([out / "final"], board, target_fps, estimate_missing=False)
+        row = choose([out / "final"], board, target_fps, estimate_missing=False, shortcut_bits=asked_bits)
     except ParetoError as e:
         raise SearchError(f"{e} (screened: {len(mine)}, fitting: {len(fit)}, trained: {len(keep)})") from None
     summary = {"board": board, "target_fps": target_fps, "screened": int(len(mine)), "fitting": int(len(fit)),
                "trained": [f"{r['spec']}{r['options']}" for _, r in keep.iterrows()],
                "chosen": f"{row['spec']}{row['options'] or ''}", "describe": describe(row),
-               "make_args": make_args(row, board=board, target_fps=target_fps)}
+               "make_args": make_args(row, board=board, target_fps=target_fps),
+               "deviation": deviation_note(row) or None}
     (out / "choice.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return {**row, "search_dir": str(out), **{k: summary[k] for k in ("screened", "fitting", "trained")}}

@@ -47,10 +47,19 @@ from hw_build.finn_fixes import (  # noqa: E402
     XnorAccumulatorFix,
     quantizer_specs,
 )
+from hw_build.shared_thresholds import SharedRequantThresholds  # noqa: E402
+from hw_build.rewrites import (  # noqa: E402
+    BinaryInputLayers,
+    RewriteError,
+    trim_unsigned_1bit,
+    widen_unsigned_1bit,
+    widened_thresholds,
+)
 
 __all__ = ["NotHardwareError", "HW_GRAPH_STEPS", "HW_GRAPH_FILE", "step_resbin_qonnx_to_finn",
            "step_resbin_tidy", "step_resbin_streamline", "step_resbin_bipolar_fix",
-           "step_resbin_convert_to_hw", "step_resbin_minimize_bit_width",
+           "step_resbin_shared_thresholds", "step_resbin_convert_to_hw",
+           "step_resbin_binary_input", "step_resbin_minimize_bit_width",
            "step_resbin_create_dataflow_partition", "non_hw_nodes", "NUMERIC_STEPS",
            "remove_identity_thresholds", "xnor_mvaus"]
 
@@ -73,17 +82,19 @@ def non_hw_nodes(model: ModelWrapper) -> list[str]:
 
 def step_resbin_qonnx_to_finn(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Stock QONNX -> FINN-ONNX conversion, then every quantizer's thresholds put exactly on
-    the integer grid of its accumulator (hw_build.finn_fixes.ExactThresholds)."""
-    unsigned_1bit = [n.name for n in model.graph.node if n.op_type == "Quant"
-                     and model.get_initializer(n.input[3]) is not None
-                     and float(model.get_initializer(n.input[3])) == 1.0
-                     and not any(a.name == "signed" and a.i for a in n.attribute)]
-    if unsigned_1bit:  # FINN's converter takes any 1-bit quantizer for a bipolar one
-        raise NotHardwareError(f"unsigned 1-bit quantizer(s) {', '.join(unsigned_1bit)} (e.g. --input-bits 1): "
-                               "finn-plus 1.6.1 converts 1-bit quantizers as bipolar only; use 2 or more bits")
+    the integer grid of its accumulator (hw_build.finn_fixes.ExactThresholds). Unsigned 1-bit
+    quantizers (--input-bits 1), which the stock converter takes for bipolar ones, become one
+    exact threshold with a 0/1 output (hw_build.rewrites)."""
     specs = quantizer_specs(model)
+    one_bit = widen_unsigned_1bit(model)
     model = stock.step_qonnx_to_finn(model, cfg)
-    return model.transform(ExactThresholds(specs))
+    one_bit = widened_thresholds(model, one_bit)
+    model = model.transform(ExactThresholds(specs))
+    try:
+        trim_unsigned_1bit(model, one_bit)
+    except RewriteError as e:
+        raise NotHardwareError(str(e)) from None
+    return model
 
 
 def step_resbin_tidy(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
@@ -108,6 +119,8 @@ def remove_identity_thresholds(model: ModelWrapper) -> tuple[ModelWrapper, list[
         if t is None or not idt.is_integer() or inst.get_nodeattr("out_scale") != 1.0:
             continue
         lo, hi = int(idt.min()), int(idt.max())
+        if hi - lo == 1:
+            continue  # a 0/1 input keeps its layer (step_resbin_binary_input types it)
         if hi - lo > 4096 or t.shape[-1] != hi - lo or inst.get_nodeattr("out_bias") != lo:
             continue
         if not np.array_equal(t, np.broadcast_to(np.arange(lo + 1, hi + 1), t.shape)):
@@ -150,6 +163,17 @@ def step_resbin_bipolar_fix(model: ModelWrapper, cfg: DataflowBuildConfig) -> Mo
     return model.transform(RoundAndClipThresholds()).transform(InferDataTypes())
 
 
+def step_resbin_shared_thresholds(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """Per-channel requantizers whose thresholds an exact integer affine map per channel can
+    share (the trunk's requantizer on an XNOR popcount: 255 thresholds x channels -> 255 in all)
+    become Mul/Add by integer constants (FINN: ElementwiseMul/ElementwiseAdd) and one shared
+    threshold set (hw_build.shared_thresholds.SharedRequantThresholds). Only with standalone thresholds
+    (ResBin's default): with FINN's embedded ones the thresholds stay in their MVAU."""
+    if not cfg.standalone_thresholds:
+        return model
+    return model.transform(SharedRequantThresholds()).transform(InferDataTypes())
+
+
 def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
     """Insert TopK (-> LabelSelect) for multi-class outputs, then FINN's convert-to-HW.
 
@@ -170,6 +194,17 @@ def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
         raise NotHardwareError(f"FINN cannot build these nodes as hardware: {names} (a float "
                                "layer, e.g. an F shortcut, or an unsupported op)")
     return model
+
+
+def step_resbin_binary_input(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
+    """MVAUs reading a 0/1 input stream (1-bit inputs) outside XNOR mode, which finn-plus' HLS
+    MVAU refuses: the +-1-weight trunk layer becomes an XNOR layer (thresholds shifted), the
+    integer-weight shortcut reads the 0/1 values typed UINT2 (FINN's DSP MVAU)
+    (hw_build.rewrites.BinaryInputLayers). No-op for other graphs."""
+    try:
+        return model.transform(BinaryInputLayers())
+    except RewriteError as e:
+        raise NotHardwareError(str(e)) from None
 
 
 def step_resbin_minimize_bit_width(model: ModelWrapper, cfg: DataflowBuildConfig) -> ModelWrapper:
@@ -209,7 +244,9 @@ HW_GRAPH_STEPS = [
     step_resbin_tidy,
     step_resbin_streamline,
     step_resbin_bipolar_fix,
+    step_resbin_shared_thresholds,
     step_resbin_convert_to_hw,
+    step_resbin_binary_input,
     step_resbin_minimize_bit_width,
     step_resbin_create_dataflow_partition,
 ]

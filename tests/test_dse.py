@@ -472,3 +472,59 @@ def test_failed_estimate_is_retried_on_rerun(ray_session, tmp_path):
     n = len(list((tmp_path / "nb" / "calls").iterdir()))
     run_sweep(_tiny_dataset(), "16", **nb)
     assert len(list((tmp_path / "nb" / "calls").iterdir())) == n
+
+
+# ---- the specification's 8-bit shortcut weights ------------------------------------------------
+
+def test_search_keeps_the_specified_8bit_shortcut_unless_asked(ray_session, tmp_path):
+    from dse.search import board_search
+
+    kw = dict(board="Pynq-Z2", target_fps=1e6, first_widths=[16], recipe="strong", epochs=1,
+              out_dir=tmp_path, runner=_search_runner, progress=False)
+    row = board_search(_tiny_dataset(), ["B-16N,QN,D"], options_grid={"input_bits": [2, 4]}, **kw)
+    screen = R.read_results(tmp_path / "screen" / "results.csv")
+    assert set(screen["shortcut_weight_bits"]) == {8}                 # nothing else screened
+    assert row["options"] == "__in4" and row["deviation"] == ""
+    assert json.loads((tmp_path / "choice.json").read_text())["deviation"] is None
+    # asked for: lower-bit shortcuts are screened and a chosen one is named as a deviation
+    kw["out_dir"] = tmp_path / "asked"
+    row = board_search(_tiny_dataset(), ["B-16N,QN,D"],
+                       options_grid={"input_bits": [4], "shortcut_weight_bits": [2, 4]}, **kw)
+    assert row["options"] == "__in4_sc4"
+    note = "deviation from the specification: 4-bit shortcut weights"
+    assert row["deviation"] == note
+    assert json.loads((tmp_path / "asked" / "choice.json").read_text())["deviation"] == note
+
+
+def test_pareto_names_lower_bit_shortcuts_as_a_deviation(tmp_path, capsys):
+    from dse.__main__ import main
+    from dse.pareto import describe, deviations
+
+    df = _synthetic_table(tmp_path / "s", "16", grid={"shortcut_weight_bits": [4, 8]}, hw=True)
+    df = df[df["fpga_able"] == 1]
+    best = df.sort_values("test_acc").iloc[-1]
+    # make a 4-bit Q design the most accurate one and the only Q design that fits
+    for _, r in df[df["Q"] == 1].iterrows():
+        sc4 = r["shortcut_weight_bits"] == 4
+        R.append_row(tmp_path / "s" / "results.csv", {**r.to_dict(), "test_acc": best["test_acc"] + (0.01 if sc4 else 0.005),
+                                                      "est_fps": 1.02e6, "lut": 30_000, "fits": int(sc4)})
+    spec_row = choose([tmp_path / "s"], "Pynq-Z2", 1e6, estimate_missing=False)
+    assert spec_row["deviation"] == "" and not deviations(spec_row)
+    assert spec_row["Q"] == 0 or spec_row["shortcut_weight_bits"] == 8
+    dev_row = choose([tmp_path / "s"], "Pynq-Z2", 1e6, estimate_missing=False, shortcut_bits=[4, 8])
+    assert dev_row["Q"] == 1 and dev_row["shortcut_weight_bits"] == 4
+    assert describe(dev_row).endswith("; deviation from the specification: 4-bit shortcut weights")
+    assert main(["pareto", "--sweep", str(tmp_path / "s"), "--board", "Pynq-Z2", "--target-fps", "1e6",
+                 "--no-estimate"]) == 0
+    assert "deviation" not in capsys.readouterr().out
+    assert main(["pareto", "--sweep", str(tmp_path / "s"), "--board", "Pynq-Z2", "--target-fps", "1e6",
+                 "--no-estimate", "--shortcut-bits", "4,8"]) == 0
+    out = capsys.readouterr().out
+    assert "deviation from the specification: 4-bit shortcut weights" in out and "SHORTCUT_BITS=4" in out
+    # only lower-bit shortcut designs left: the error says why and how to ask for them
+    only4 = df[(df["Q"] == 1) & (df["shortcut_weight_bits"] == 4)].assign(sweep=str(tmp_path / "s"), dataset="mnist")
+    with pytest.raises(ParetoError, match="left out: a deviation from the specification"):
+        choose([tmp_path / "s"], "Pynq-Z2", 1e6, estimate_missing=False, df=only4)
+    # the report's board section names the deviation of every such design it lists
+    text = write_report([tmp_path / "s"], tmp_path / "rep").read_text()
+    assert "| deviation |" in text and "4-bit shortcut weights" in text

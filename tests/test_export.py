@@ -96,15 +96,16 @@ def test_export_is_deterministic(run):
     assert a == b
 
 
-def test_unsigned_1bit_input_exports_exactly_and_finn_refuses_it_clearly(tmp_path, mnist_dir):
+def test_unsigned_1bit_input_exports_exactly_and_converts_to_one_01_threshold(tmp_path, mnist_dir):
     """Brevitas exports every 1-bit quantizer as BipolarQuant (the bug export/brevitas_fixes.py
-    works around); finn-plus converts 1-bit quantizers as bipolar only, so the build refuses."""
+    works around); finn-plus converts 1-bit quantizers as bipolar only, so the build's first step
+    makes it the exact 0/1 quantizer (hw_build.rewrites; tests/test_input1bit.py builds it)."""
     import torch
     from brevitas.export import export_qonnx
     from qonnx.core.modelwrapper import ModelWrapper
 
     from export.qonnx_export import export_model
-    from hw_build.steps import NotHardwareError, step_resbin_qonnx_to_finn
+    from hw_build.steps import step_resbin_qonnx_to_finn
     from train.models import ModelOptions
     from train.trainer import train_run, load_run
 
@@ -127,8 +128,22 @@ def test_unsigned_1bit_input_exports_exactly_and_finn_refuses_it_clearly(tmp_pat
     div_out = next(n.output[0] for n in fixed.graph.node if n.op_type == "Div")
     q = fixed.find_consumer(div_out)
     assert q.op_type == "Quant" and float(fixed.get_initializer(q.input[3])) == 1.0
-    with pytest.raises(NotHardwareError, match="unsigned 1-bit quantizer"):
-        step_resbin_qonnx_to_finn(fixed, None)
+    import finn.builder.build_dataflow_steps as stock
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hw_build.config import make_config
+
+    cfg = make_config(r)
+
+    def input_quantizer(m):
+        return next(n for n in m.graph.node if n.op_type == "MultiThreshold")
+
+    with pytest.raises(AssertionError, match="Unsupported BIPOLAR scale"):  # finn-plus: a sign
+        stock.step_qonnx_to_finn(ModelWrapper(str(r / "model.qonnx.onnx")), cfg)
+    ours = step_resbin_qonnx_to_finn(fixed, cfg)
+    mt = input_quantizer(ours)
+    assert getCustomOp(mt).get_nodeattr("out_dtype") == "BINARY"
+    assert ours.get_initializer(mt.input[1]).shape == (1, 1)              # one threshold
 
 
 # ---- torch's float32 sqrt (docs/upstream/torch-float32-sqrt.md) ------------------------------
