@@ -313,7 +313,10 @@ def deployed_size(model: ResBinMLP) -> dict:
     - threshold widths are upper bounds (the accumulator's range); FINN stores each threshold
       tensor at the width its trained values need, never more (tests/test_hw_build.py checks
       counts and weight bits exactly, threshold bits as a bound);
-    - the last hidden layer and the shortcut into the shared add quantizer (or the head quantizer):
+    - the last hidden layer into the shared add quantizer (or the head quantizer): after an XNOR
+      layer, a per-unit integer affine and one shared set of 2^add_bits - 1 thresholds
+      (hw_build.shared_thresholds); after the first layer, 2^add_bits - 1 thresholds per unit;
+    - the shortcut into the shared add quantizer:
       2^add_bits - 1 thresholds per unit (one shared set when no BN/bias makes them per-channel)
       at the accumulator width; the post-add requantizer: one set of 2^add_bits - 1 thresholds at
       add_bits + 1 bits (INT8 + INT8 -> INT9);
@@ -365,7 +368,14 @@ def deployed_size(model: ResBinMLP) -> dict:
             add(f"hidden.{i}.bn+sign", f"sign thresholds (acc {acc} bits)", units, acc)
         else:
             q = "add_quant" if model.add_quant is not None else "head_quant"
-            add(f"hidden.{i}.bn+{q}", f"{q} thresholds ({add_levels}/unit, acc {acc} bits)", units * add_levels, acc)
+            if per_channel and i > 0:  # hw_build.shared_thresholds on an XNOR popcount: affine + one set
+                add(f"hidden.{i}.bn+{q}", f"{q} thresholds ({add_levels}, shared by the units, acc {acc} "
+                    "bits)", add_levels, acc)
+                add(f"hidden.{i}.affine", f"per-unit integer scale and offset before them ({acc} bits)",
+                    2 * units, acc)
+            else:
+                add(f"hidden.{i}.bn+{q}", f"{q} thresholds ({add_levels}/unit, acc {acc} bits)",
+                    units * add_levels, acc)
     sc = model.shortcut
     if sc is not None:
         lin = sc.linear
