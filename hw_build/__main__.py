@@ -1,4 +1,4 @@
-"""python -m hw_build {estimate,codegen,sim,bitstream,bench}: the FINN build of a trained run.
+"""python -m hw_build {estimate,codegen,sim,cppsim,bitstream,bench}: the FINN build of a trained run.
 
 Exit codes: 0 done; 1 a FINN step failed (see the build log); 2 bad input (unknown board,
 missing run, bad folding file, ...); 3 stopped because a Xilinx tool is missing (the message
@@ -26,6 +26,16 @@ def _float(s: str) -> float:
         return float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {s!r}")
+    return v
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,12 +79,14 @@ def _parser() -> argparse.ArgumentParser:
                         ("codegen", "... plus the HLS C++ / RTL code of every layer"),
                         ("bitstream", "... plus IP, FIFO sizing, stitched IP, bitfile, driver, "
                                       "deployment folder (needs Vivado/Vitis HLS)"),
-                        ("sim", "estimate, then simulate the HW graph on the test set")):
+                        ("sim", "estimate, then simulate the HW graph on the test set"),
+                        ("cppsim", "codegen, then run the generated code of every layer on the "
+                                   "test set (HLS in C++, RTL in Verilator), bit-exact check")):
         p = sub.add_parser(name, help=help_, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
-        if name == "sim":
-            p.add_argument("--n", type=int, help="first N test images (default all)")
+        if name in ("sim", "cppsim"):
+            p.add_argument("--n", type=_positive, help="first N test images (default all)")
     b = sub.add_parser("bench", help="estimate (and simulate) runs at several targets; "
                                      "write a markdown table", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,8 +171,19 @@ def _run(args) -> int:
     get_board(args.board)  # an unknown board fails before any training or export
     run = resolve_run(args)
     until = {"estimate": "estimate", "sim": "estimate", "codegen": "codegen",
-             "bitstream": "bitstream"}[args.cmd]
+             "cppsim": "codegen", "bitstream": "bitstream"}[args.cmd]
+    if args.cmd == "cppsim":
+        from hw_build.finn_env import ensure_cppsim
+
+        ensure_cppsim(fetch=True)  # a missing toolchain stops before any build work
     report = build(run, until=until, **_build_kwargs(args))
+    if args.cmd == "cppsim":
+        from hw_build.cppsim import run_cppsim
+        from hw_build.cppsim_report import summary_line
+
+        res = run_cppsim(Path(report["out_dir"]), n=args.n, progress=not args.quiet)
+        print(f"hw_build cppsim: {summary_line(res)}; table: "
+              f"{Path(report['out_dir']) / 'cppsim.md'}")
     if args.cmd == "sim":
         from hw_build.simulate import simulate
 
@@ -182,6 +205,8 @@ def _failures() -> tuple:
     for mod, name in (("hw_build.build", "StepError"), ("hw_build.verify", "DivergenceError"),
                       ("hw_build.verify", "VerifyError"), ("hw_build.simulate", "SimulationError"),
                       ("hw_build.golden", "GoldenWriteError"), ("hw_build.steps", "NotHardwareError"),
+                      ("hw_build.cppsim", "CppsimMismatchError"), ("hw_build.cppsim", "CppsimError"),
+                      ("hw_build.finn_env", "CppsimCompileError"),
                       ("hw_build.finn_fixes", "FixError"), ("export.qonnx_export", "ExportError")):
         try:
             out.append(getattr(__import__(mod, fromlist=[name]), name))

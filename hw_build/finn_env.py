@@ -242,14 +242,14 @@ def finn_hlslib_dir() -> tuple[Path | None, str]:
     ../shared/deps/finn-hlslib beside the repository (the offline copy), else the clone in
     ~/.cache/resbin/finn-hlslib. A directory counts only if it holds bnn-library.h."""
     env = os.environ.get("FINN_HLSLIB")
-    cands = [(Path(env), "FINN_HLSLIB")] if env else []
-    cands += [(_REPO.parent / "shared" / "deps" / "finn-hlslib", "../shared/deps (offline copy)"),
-              (_hlslib_cache(), "~/.cache/resbin clone")]
-    for d, src in cands:
+    if env:  # named explicitly: no fallback
+        ok = (Path(env) / "bnn-library.h").is_file()
+        return (Path(env).resolve(), "FINN_HLSLIB") if ok else \
+            (None, f"FINN_HLSLIB={env} holds no bnn-library.h (not a finn-hlslib directory)")
+    for d, src in ((_REPO.parent / "shared" / "deps" / "finn-hlslib", "../shared/deps offline copy"),
+                   (_hlslib_cache(), "~/.cache/resbin clone")):
         if (d / "bnn-library.h").is_file():
             return d.resolve(), src
-    if env:
-        return None, f"FINN_HLSLIB={env} holds no bnn-library.h"
     return None, (f"no finn-hlslib: set FINN_HLSLIB, or run `make setup` online to clone it "
                   f"into {_hlslib_cache()}")
 
@@ -436,11 +436,15 @@ def _check_cppsim_internals() -> None:
                               "hlsbackend.CppBuilder: update hw_build/finn_env.py (ensure_cppsim)")
 
 
-def ensure_cppsim() -> None:
+def ensure_cppsim(fetch: bool = False) -> None:
     """Prepare FINN's cppsim for this machine (idempotent); raises MissingToolError when g++,
-    finn-hlslib or the HLS headers are missing. Call before CompileCppSim."""
+    finn-hlslib or the HLS headers are missing (fetch: first clone finn-hlslib at the pinned
+    commit into ~/.cache/resbin when no copy is found and FINN_HLSLIB is unset). Call before
+    CompileCppSim."""
     global _CPPSIM_DONE
     ensure_finn()
+    if fetch and finn_hlslib_dir()[0] is None and not os.environ.get("FINN_HLSLIB"):
+        fetch_finn_hlslib()
     ok, why = cppsim_status()
     if not ok:
         raise MissingToolError("cppsim toolchain", "C++ simulation (cppsim)", why)
@@ -451,3 +455,27 @@ def ensure_cppsim() -> None:
 
     hb.CppBuilder = _builder_class()
     _CPPSIM_DONE = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m hw_build.finn_env hlslib [--fetch]: where finn-hlslib comes from (--fetch: clone
+    it at finn-plus's pinned commit when no copy is found; exit 3 if that fails)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m hw_build.finn_env", description=main.__doc__)
+    ap.add_argument("what", choices=["hlslib"])
+    ap.add_argument("--fetch", action="store_true")
+    args = ap.parse_args(argv)
+    lib, src = finn_hlslib_dir()
+    if lib is None and args.fetch and not os.environ.get("FINN_HLSLIB"):
+        try:
+            lib, src = fetch_finn_hlslib(), f"cloned at {pinned_hlslib_commit()}"
+        except MissingToolError as e:
+            print(f"finn_env: {e}", file=sys.stderr)
+            return 3
+    print(f"finn-hlslib: {lib} ({src})" if lib else f"finn-hlslib: {src}")
+    return 0 if lib else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
