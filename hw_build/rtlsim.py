@@ -227,6 +227,7 @@ class RtlNodeSim:
         order = sorted(texts, key=lambda n: (not n.endswith("_pkg.sv"), srcs.index(
             next(f for f in srcs if f.name == n))))
         argv = cmd + list(VERILATOR_FLAGS) + [
+            *[a for f in rtl_fixes.MAKEFLAGS for a in ("-MAKEFLAGS", f)],
             "--top-module", top, "--Mdir", str(bdir / "obj"), "-j", str(_jobs()),
             "-CFLAGS", f"-I{bdir / 'src'}", *[str(bdir / "src" / n) for n in order],
             str(bdir / "src" / HARNESS.name)]
