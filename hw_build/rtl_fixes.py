@@ -36,8 +36,39 @@ _LEAF_LOADS = """\
 """
 _L = "	localparam int unsigned  L = $clog2(N);  // Number of levels with reductions\n"
 
+# fifo/fifo.sv: `localparam abits_t ABITS = INIT_ABITS();` calls a constant function that
+# returns a struct, which Verilator cannot evaluate at elaboration ("Expecting expression to be
+# constant, but can't determine constant for FUNCREF 'INIT_ABITS'"). The same arithmetic as
+# plain integer localparams, assembled into the struct by an assignment pattern.
+# docs/upstream/verilator-fifo.md
+_INIT_ABITS = """\
+	function abits_t INIT_ABITS();
+		automatic abits_t  abits = '{ lo: $clog2(DEPTH_REQ), hi: 0 };
+		if(abits.lo > MIN_ABITS) begin
+			// Consider Decomposition into lo + hi
+			automatic int unsigned  hi_abits = $clog2(DEPTH_REQ - 2**(abits.lo-1));
+			if(hi_abits < abits.lo - 1) begin
+				abits.lo--;
+				abits.hi = hi_abits < 1? 1 : hi_abits;
+			end
+		end
+		return  abits;
+	endfunction : INIT_ABITS
+	localparam abits_t       ABITS      = INIT_ABITS();
+"""
+_PLAIN_ABITS = """\
+	localparam int unsigned  ABITS_LO0  = $clog2(DEPTH_REQ);
+	localparam int unsigned  ABITS_HI0  = ABITS_LO0 > MIN_ABITS? $clog2(DEPTH_REQ - 2**(ABITS_LO0-1)) : 0;
+	localparam bit           ABITS_DEC  = ABITS_LO0 > MIN_ABITS && ABITS_HI0 < ABITS_LO0 - 1;
+	localparam abits_t       ABITS      = '{
+		lo: ABITS_DEC? ABITS_LO0 - 1 : ABITS_LO0,
+		hi: !ABITS_DEC? 0 : ABITS_HI0 < 1? 1 : ABITS_HI0
+	};
+"""
+
 # file name -> [(why, old text, new text)], applied in order, each old text exactly once
 FIXES: dict[str, list[tuple[str, str, str]]] = {
+    "fifo.sv": [("constant function returning a struct", _INIT_ABITS, _PLAIN_ABITS)],
     "add_multi.sv": [
         ("constant function under generate", _LEAF_LOADS, ""),
         ("constant function under generate", _L,
