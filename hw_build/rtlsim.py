@@ -35,9 +35,10 @@ from hw_build import rtl_fixes  # noqa: E402
 __all__ = ["RtlSimUnsupported", "RtlNodeSim", "verilator_status", "verilator_root", "SUPPORTED",
            "DEFAULT_FPGAPART", "DEFAULT_CLK_NS"]
 
-# the layers this harness drives (the five finn-plus RTL layers our builds can contain)
+# the layers this harness drives: the finn-plus RTL layers our builds can contain (Reshape_rtl:
+# the P-vertical shortcut's reshape, a pass-through built from FINN's width converter)
 SUPPORTED = ("Thresholding_rtl", "StreamingDataWidthConverter_rtl", "StreamingFIFO_rtl",
-             "ConvolutionInputGenerator_rtl", "MVAU_rtl")
+             "ConvolutionInputGenerator_rtl", "MVAU_rtl", "Reshape_rtl")
 DEFAULT_FPGAPART = "xc7z020clg400-1"  # Pynq-Z2, the project's default board
 DEFAULT_CLK_NS = 10.0
 HARNESS = Path(__file__).with_name("rtlsim_harness.cpp")

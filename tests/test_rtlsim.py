@@ -213,26 +213,41 @@ def test_fifo_rtl(dwc_fifo_graph, work, depth):
     _check(model, node, work)
 
 
-def test_swg_rtl_as_p_vertical_builds_it(work):
-    """ConvolutionInputGenerator_rtl of `PN` with pool_mode=vertical, pool_window=4: 4 x 1 windows
-    over the 28 image rows, the 28 columns as channels (attributes as our build sets them)."""
+def _one_node_model(op_type: str, ishape, oshape, **attrs):
     from onnx import TensorProto, helper
     from qonnx.core.datatype import DataType
     from qonnx.core.modelwrapper import ModelWrapper
 
-    node = helper.make_node(
-        "ConvolutionInputGenerator_rtl", ["x"], ["y"], name="ConvolutionInputGenerator_rtl_0",
-        domain="finn.custom_op.fpgadataflow.rtl", backend="fpgadataflow",
-        ConvKernelDim=[4, 1], Dilation=[1, 1], IFMChannels=28, IFMDim=[28, 1], OFMDim=[7, 1],
-        SIMD=28, Stride=[4, 1], depthwise=1, inputDataType="UINT8", outputDataType="UINT8",
-        is1D=1, parallel_window=0, ram_style="distributed")
-    g = helper.make_graph([node], "swg", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 28, 1, 28])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 1, 112])])
+    node = helper.make_node(op_type, ["x"], ["y"], name=f"{op_type}_0",
+                            domain="finn.custom_op.fpgadataflow.rtl", backend="fpgadataflow",
+                            **attrs)
+    g = helper.make_graph([node], op_type,
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ishape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, oshape)])
     model = ModelWrapper(helper.make_model(g))
     model.set_tensor_datatype("x", DataType["UINT8"])
     model.set_tensor_datatype("y", DataType["UINT8"])
+    return model
+
+
+def test_swg_rtl_as_p_vertical_builds_it(work):
+    """ConvolutionInputGenerator_rtl of `PN` with pool_mode=vertical, pool_window=4: 4 x 1 windows
+    over the 28 image rows, the 28 columns as channels (attributes as our build sets them)."""
+    model = _one_node_model(
+        "ConvolutionInputGenerator_rtl", [1, 28, 1, 28], [1, 7, 1, 112],
+        ConvKernelDim=[4, 1], Dilation=[1, 1], IFMChannels=28, IFMDim=[28, 1], OFMDim=[7, 1],
+        SIMD=28, Stride=[4, 1], depthwise=1, inputDataType="UINT8", outputDataType="UINT8",
+        is1D=1, parallel_window=0, ram_style="distributed")
     info = _check(model, model.graph.node[0], work)
     assert info["cycles_per_frame"] <= info["exp_cycles"]
+
+
+def test_reshape_rtl_as_p_vertical_builds_it(work):
+    """The P-vertical shortcut's Reshape_rtl (784 pixels -> 28 rows x 28 columns), PE=28."""
+    model = _one_node_model("Reshape_rtl", [1, 784], [1, 28, 1, 28], inp_shape=[1, 784],
+                            out_shape=[1, 28, 1, 28], dtype="UINT8", PE=28)
+    info = _check(model, model.graph.node[0], work)
+    assert info["cycles_per_frame"] == info["exp_cycles"] == 28
 
 
 # ------------------------------------------------------------------ cache, refusals, bad input
