@@ -115,6 +115,14 @@ def batched_model(model, n: int):
 
 # ------------------------------------------------------------------ levels
 
+def rtl_cache() -> Path:
+    """Verilator builds of RTL layers, shared by all builds: named by the hash of the layer's
+    generated HDL (hw_build.rtlsim adds the hash of everything else that goes into a build)."""
+    import os
+
+    return Path(os.environ["FINN_BUILD_DIR"]).parent / "cppsim-rtl"
+
+
 def _base_node(node):
     """The node as FINN's generic HW layer (Python execution): suffix and backend dropped."""
     base = copy.deepcopy(node)
@@ -210,22 +218,25 @@ def _hls_exec(bm, node, ctx: dict) -> list[np.ndarray]:
     return [np.asarray(c[o], dtype=np.float32).reshape(bm.get_tensor_shape(o)) for o in node.output]
 
 
-def _rtl_key(model, node) -> str:
-    """A name for an RTL layer from everything its HDL depends on, so identical layers (e.g.
-    FIFOs of one width and depth) share one Verilator build."""
+def _rtl_key(model, node, fpga_part: str, clk_ns: float) -> str:
+    """A name for an RTL layer from the HDL FINN generates for it (under a placeholder name), so
+    identical layers, e.g. the many FIFOs of one width and depth, share one Verilator build."""
     import hashlib
+    import tempfile
 
+    from qonnx.custom_op.registry import getCustomOp
+
+    m = copy.deepcopy(model)
+    mnode = next(x for x in m.graph.node if x.name == node.name)
+    mnode.name = "resbin_rtl_layer"
+    inst = getCustomOp(mnode)
     h = hashlib.sha256(node.op_type.encode())
-    skip = {"code_gen_dir_ipgen", "code_gen_dir_cppsim", "executable_path", "exec_mode",
-            "ipgen_path", "ip_path", "ip_vlnv", "gen_top_module", "rtlsim_so"}
-    for a in sorted(node.attribute, key=lambda a: a.name):
-        if a.name not in skip:
-            h.update(a.SerializeToString())
-    for t in list(node.input) + list(node.output):
-        h.update(f"{model.get_tensor_datatype(t)}{model.get_tensor_shape(t)}".encode())
-        init = model.get_initializer(t)
-        if init is not None:
-            h.update(np.ascontiguousarray(init).tobytes())
+    with tempfile.TemporaryDirectory() as d:
+        inst.set_nodeattr("code_gen_dir_ipgen", d)
+        inst.code_generation_ipgen(m, fpga_part, clk_ns)
+        for f in sorted(Path(d).rglob("*")):
+            if f.is_file():
+                h.update(f.name.encode() + f.read_bytes())
     return f"{node.op_type}_{h.hexdigest()[:12]}"
 
 
@@ -251,7 +262,7 @@ class _RtlLevel:
             return None, {}, self.why
         m = copy.deepcopy(self.model)
         mnode = next(x for x in m.graph.node if x.name == node.name)
-        mnode.name = _rtl_key(m, mnode)
+        mnode.name = _rtl_key(self.model, node, self.part, self.clk)
         try:
             sim = self.rtlsim.RtlNodeSim(m, mnode, self.work, fpgapart=self.part, clk_ns=self.clk)
         except self.rtlsim.RtlSimUnsupported as e:
@@ -356,7 +367,7 @@ def _run_node(node, model, bm, rtl, compile_info, ctx, progress) -> tuple[list, 
             why, level = level, "python"
     else:
         why, level = f"{node.op_type} is neither an HLS nor an RTL layer", "python"
-    seconds = time.perf_counter() - t0 - (0.0 if info.get("cached", True) else compile_s or 0.0)
+    seconds = info.get("sim_s", time.perf_counter() - t0)  # Verilator: without its build
     if outs is None:
         t0 = time.perf_counter()
         outs = _python_exec(model, bm, node, ctx)
@@ -377,7 +388,7 @@ def _simulate(model, x: np.ndarray, build_dir: Path, part: str, clk_ns: float,
     work = build_dir / WORK_DIR
     bm = batched_model(model, n)
     compile_info = _prepare_hls(bm, work / f"hls-n{n}", progress)
-    rtl = _RtlLevel(model, work / "rtl", part, clk_ns)
+    rtl = _RtlLevel(model, rtl_cache(), part, clk_ns)
     inp = model.graph.input[0].name
     ctx = {inp: x.astype(np.float32).reshape([n] + list(model.get_tensor_shape(inp))[1:])}
     keep = {o.name for o in model.graph.output} | {t for t in _outputs(model) if t}
