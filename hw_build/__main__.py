@@ -206,6 +206,7 @@ def _failures() -> tuple:
                       ("hw_build.verify", "VerifyError"), ("hw_build.simulate", "SimulationError"),
                       ("hw_build.golden", "GoldenWriteError"), ("hw_build.steps", "NotHardwareError"),
                       ("hw_build.cppsim", "CppsimMismatchError"), ("hw_build.cppsim", "CppsimError"),
+                      ("hw_build.cppsim_levels", "LevelError"),
                       ("hw_build.finn_env", "CppsimCompileError"),
                       ("hw_build.finn_fixes", "FixError"), ("export.qonnx_export", "ExportError")):
         try:

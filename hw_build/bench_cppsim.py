@@ -62,10 +62,12 @@ def _run_dir(make: dict, recipe: str | None, epochs: int | None) -> Path:
     return path
 
 
-def designs(choice: Path) -> list[dict]:
+def designs(choice: Path, default_run: Path | None = None) -> list[dict]:
     """[{name, make}] for the default design and the search's choice (if choice.json exists)."""
-    out = [{"name": "default `make bitstream DATASET=mnist`",
-            "make": {"DATASET": "mnist", "MODEL": DEFAULT_MODEL, "BOARD": "Pynq-Z2"}}]
+    make = {"DATASET": "mnist", "MODEL": DEFAULT_MODEL, "BOARD": "Pynq-Z2"}
+    if default_run is not None:
+        make["RUN"] = str(default_run)
+    out = [{"name": "default `make bitstream DATASET=mnist`", "make": make}]
     if choice.exists():
         c = json.loads(choice.read_text())
         out.append({"name": f"search's choice `{c['chosen']}` ({c['board']}, "
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs of the default design if it has to train")
     ap.add_argument("--n", type=int, help="first N test images (default all)")
     ap.add_argument("--choice", type=Path, default=CHOICE, help=f"search result (default {CHOICE})")
+    ap.add_argument("--default-run", type=Path,
+                    help="run folder of the default design (default: `python -m train` finds or "
+                         "trains it)")
     ap.add_argument("--out", type=Path, required=True, help="markdown file to write")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--n must be at least 1")
     try:
         rows = [bench_design(d, args.recipe, args.epochs, args.n, not args.quiet)
-                for d in designs(args.choice)]
+                for d in designs(args.choice, args.default_run)]
     except BenchError as e:
         print(f"bench_cppsim: {e}", file=sys.stderr)
         return 2
