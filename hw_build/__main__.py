@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 EXIT_FAILED, EXIT_USER, EXIT_MISSING_TOOL, EXIT_NO_FIT = 1, 2, 3, 4
@@ -87,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         _common(p)
         if name in ("sim", "cppsim"):
             p.add_argument("--n", type=_positive, help="first N test images (default all)")
+        if name == "cppsim":
+            p.description = textwrap.fill("Build to codegen, then run every layer's generated code on the test "
+                             "set: HLS layers in FINN's C++ simulation (g++), RTL layers in "
+                             "Verilator, anything else in FINN Python execution with the reason "
+                             "printed. Exits 0 only if every image's integer outputs equal "
+                             "golden.npz and QONNX (1 otherwise: the per-layer table is in "
+                             "cppsim.md), 3 if g++, finn-hlslib (FINN_HLSLIB) or the HLS headers "
+                             "are missing.", 92)
     b = sub.add_parser("bench", help="estimate (and simulate) runs at several targets; "
                                      "write a markdown table", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
