@@ -130,8 +130,6 @@ class RtlNodeSim:
 
     def __init__(self, model, node, work_dir: Path, *, fpgapart: str = DEFAULT_FPGAPART,
                  clk_ns: float = DEFAULT_CLK_NS):
-        from finn.util.data_packing import npy_to_rtlsim_input  # noqa: F401 (FINN importable)
-
         if node.op_type not in SUPPORTED:
             raise RtlSimUnsupported(f"{node.name}: {node.op_type} is not one of the RTL layers "
                                     f"this harness drives ({', '.join(SUPPORTED)})")
@@ -148,7 +146,12 @@ class RtlNodeSim:
             shutil.rmtree(self.hdl_dir)
         self.hdl_dir.mkdir(parents=True)
         self.inst.set_nodeattr("code_gen_dir_ipgen", str(self.hdl_dir))
-        self.inst.code_generation_ipgen(self.model, fpgapart, clk_ns)
+        try:
+            self.inst.code_generation_ipgen(self.model, fpgapart, clk_ns)
+        except Exception as e:  # noqa: BLE001 - FINN raises many kinds; the executor falls back
+            msg = " ".join(str(e).split())[:300]
+            raise RtlSimUnsupported(f"{self.node.name}: FINN's HDL generation failed: "
+                                    f"{type(e).__name__}: {msg}") from e
         self.exp_cycles = int(self.inst.get_exp_cycles())
         self.in_ports, self.out_ports, self.axilite = self._ports()
         self.compile_s, self.cached = self._build()
@@ -163,6 +166,9 @@ class RtlNodeSim:
             if inst.get_nodeattr("pumpedCompute"):
                 raise RtlSimUnsupported(f"{name}: MVAU_rtl with pumpedCompute needs a 2x clock, "
                                         "which this single-clock harness does not drive")
+            if inst.get_nodeattr("TH") > 1:
+                raise RtlSimUnsupported(f"{name}: MVAU_rtl with TH > 1 (finn-rtllib mvu_tiled) "
+                                        "is not verified with this harness")
             if inst.get_nodeattr("mem_mode") != "internal_decoupled":
                 raise RtlSimUnsupported(f"{name}: MVAU_rtl mem_mode "
                                         f"{inst.get_nodeattr('mem_mode')!r} (weights from outside "
@@ -263,6 +269,10 @@ class RtlNodeSim:
         frames = x.size // per_frame
         x = x.reshape([frames * folded[0]] + folded[1:])
         dt = inst.get_input_datatype(0)
+        ok = np.isin(x, (-1, 1)) if dt.name == "BIPOLAR" else (
+            (x == np.round(x)) & (x >= dt.min()) & (x <= dt.max()))
+        if not np.all(ok):
+            raise ValueError(f"{self.node.name}: input value {x[~ok].flat[0]} is not a {dt.name}")
         width = inst.get_instream_width(0)
         data = [_to_words(npy_to_rtlsim_input(x, dt, width), width)]
         if self.node.op_type == "MVAU_rtl":  # weights stream, as FINN's rtlsim feeds it

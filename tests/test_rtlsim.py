@@ -264,6 +264,10 @@ def test_build_is_cached_and_batch_shape_checked(graph, work):
     assert one.shape[0] == 1
     with pytest.raises(ValueError, match="not a whole number of frames"):
         again.run([np.zeros((1, 5), np.float32)])
+    bad = _inputs(graph, node, 2)
+    bad[1, 0] = 0.5
+    with pytest.raises(ValueError, match="input value 0.5 is not a"):
+        again.run([bad])
 
 
 def test_unsupported_layers_say_why(graph, dwc_fifo_graph, work):
@@ -278,5 +282,10 @@ def test_unsupported_layers_say_why(graph, dwc_fifo_graph, work):
     fifo = _pick(model, "StreamingFIFO_rtl")
     getCustomOp(fifo).set_nodeattr("impl_style", "virtual")
     with pytest.raises(RtlSimUnsupported, match="impl_style 'virtual'") as e:
+        RtlNodeSim(model, fifo, work)
+    assert "\n" not in str(e.value)
+    getCustomOp(fifo).set_nodeattr("impl_style", "rtl")
+    getCustomOp(fifo).set_nodeattr("depth", 1)  # FINN's fifo.sv needs 2 or more
+    with pytest.raises(RtlSimUnsupported, match="FINN's HDL generation failed: .*depth 1") as e:
         RtlNodeSim(model, fifo, work)
     assert "\n" not in str(e.value)
