@@ -6,17 +6,17 @@ HDL with FINN's own code generation (`code_generation_ipgen`, what PrepareIP cal
 finn-rtllib workarounds of `hw_build.rtl_fixes` to a copy of the sources, and verilates them with
 one generic AXI-stream testbench (`rtlsim_harness.cpp`); the build is cached in work_dir under
 the hash of everything that goes into it. `run(inputs)` streams a whole batch through one
-simulator process (files in, files out), packing and unpacking with `finn.util.data_packing`,
-and measures the cycles per frame. A layer that cannot run here raises `RtlSimUnsupported`.
+simulator process (files in, files out), packed by `hw_build.stream_packing` (FINN's bit layout,
+vectorized), and measures the cycles per frame. A layer that cannot run here raises `RtlSimUnsupported`.
 """
 from __future__ import annotations
 
 import copy
 import functools
 import hashlib
-import re
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -28,10 +28,10 @@ from hw_build.finn_env import ensure_finn
 
 ensure_finn()
 
-from qonnx.core.datatype import DataType  # noqa: E402
 from qonnx.custom_op.registry import getCustomOp  # noqa: E402
 
 from hw_build import rtl_fixes  # noqa: E402
+from hw_build.stream_packing import pack_beats, unpack_beats  # noqa: E402
 
 __all__ = ["RtlSimUnsupported", "RtlNodeSim", "verilator_status", "verilator_root", "SUPPORTED",
            "DEFAULT_FPGAPART", "DEFAULT_CLK_NS"]
@@ -104,28 +104,6 @@ def verilator_status() -> tuple[bool, str]:
     return True, f"{cmd[0]} ({pkg}{out.stdout.strip()})"
 
 
-# ------------------------------------------------------------------ packing
-
-def _words(width_bits: int) -> int:
-    return max(1, -(-int(width_bits) // 32))
-
-
-def _to_words(values: list[int], width_bits: int) -> bytes:
-    """Python ints (FINN's packed beats) -> little-endian uint32 words, the harness' file."""
-    n = 4 * _words(width_bits)
-    return b"".join(int(v).to_bytes(n, "little") for v in values)
-
-
-def _from_words(raw: bytes, width_bits: int) -> list[int]:
-    w = np.frombuffer(raw, dtype="<u4").reshape(-1, _words(width_bits))
-    if w.shape[1] <= 2:
-        v = w[:, 0].astype(np.uint64)
-        if w.shape[1] == 2:
-            v |= w[:, 1].astype(np.uint64) << np.uint64(32)
-        return [int(x) for x in v]
-    return [int.from_bytes(row.tobytes(), "little") for row in w]
-
-
 class RtlNodeSim:
     """One FINN RTL layer built with Verilator; `run` streams a batch of frames through it."""
 
@@ -160,6 +138,10 @@ class RtlNodeSim:
     # -------------------------------------------------------------- checks, ports
     def _check_supported(self) -> None:
         inst, name = self.inst, self.node.name
+        for what, dt in (("input", inst.get_input_datatype(0)),
+                         ("output", inst.get_output_datatype(0))):
+            if not dt.is_integer():
+                raise RtlSimUnsupported(f"{name}: {what} type {dt.name} is not an integer type")
         if self.node.op_type == "StreamingFIFO_rtl" and inst.get_nodeattr("impl_style") != "rtl":
             raise RtlSimUnsupported(f"{name}: StreamingFIFO_rtl impl_style "
                                     f"{inst.get_nodeattr('impl_style')!r} has no RTL to simulate")
@@ -303,8 +285,6 @@ class RtlNodeSim:
 
     # -------------------------------------------------------------- run
     def _in_beats(self, inputs: list[np.ndarray]) -> tuple[int, list[bytes]]:
-        from finn.util.data_packing import npy_to_rtlsim_input
-
         inst = self.inst
         x = np.asarray(inputs[0], dtype=np.float32)
         folded = list(inst.get_folded_input_shape(0))
@@ -319,19 +299,15 @@ class RtlNodeSim:
             (x == np.round(x)) & (x >= dt.min()) & (x <= dt.max()))
         if not np.all(ok):
             raise ValueError(f"{self.node.name}: input value {x[~ok].flat[0]} is not a {dt.name}")
-        width = inst.get_instream_width(0)
-        return frames, [_to_words(npy_to_rtlsim_input(x, dt, width), width)]
+        return frames, [pack_beats(x, dt)]
 
     def run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, dict]:
         """FINN-shaped input tensor(s) of N frames -> (output in FINN's shape, info)."""
-        from finn.util.data_packing import rtlsim_output_to_npy
-
         inst = self.inst
         frames, data = self._in_beats(inputs)
         oshape = list(inst.get_folded_output_shape(0))
         oshape[0] *= frames
         out_beats = int(np.prod(oshape[:-1]))
-        owidth = inst.get_outstream_width(0)
         rdir = self.exe.parent.parent / "run"
         rdir.mkdir(exist_ok=True)
         in_files = [rdir / f"in{i}.bin" for i in range(len(data))]
@@ -349,9 +325,7 @@ class RtlNodeSim:
             why = (res.stderr or res.stdout).strip()[:300]
             raise RuntimeError(f"{self.node.name}: Verilator simulation failed "
                                f"(exit {res.returncode}): {why}")
-        beats = _from_words(out_file.read_bytes(), owidth)
-        odt = inst.get_output_datatype(0)
-        y = rtlsim_output_to_npy(beats, None, odt, tuple(oshape), owidth, odt.bitwidth())
+        y = unpack_beats(out_file.read_bytes(), inst.get_output_datatype(0), oshape)
         nshape = list(inst.get_normal_output_shape(0))
         y = np.asarray(y, dtype=np.float32).reshape([nshape[0] * frames] + nshape[1:])
         ends = np.fromfile(ends_file, dtype="<u8")

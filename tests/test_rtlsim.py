@@ -179,6 +179,30 @@ def test_rtl_fix_refuses_a_changed_file():
     assert apply("dwc_axi.sv", "module x; endmodule") == "module x; endmodule"  # no fix there
 
 
+@pytest.mark.parametrize("dt,k", [("BIPOLAR", 37), ("BINARY", 64), ("UINT5", 3), ("INT8", 49),
+                                  ("INT22", 1), ("UINT8", 7), ("INT18", 4)])
+def test_packing_matches_finn(dt, k):
+    """hw_build.stream_packing writes and reads the very bits of FINN's (slow) helpers."""
+    from finn.util.data_packing import npy_to_rtlsim_input, rtlsim_output_to_npy
+    from qonnx.core.datatype import DataType
+
+    from hw_build.stream_packing import beat_words, pack_beats, unpack_beats
+
+    dt = DataType[dt]
+    rng = np.random.default_rng(1)
+    x = rng.integers(int(dt.min()), int(dt.max()) + 1, size=(5, 3, k)).astype(np.float32)
+    if dt.name == "BIPOLAR":
+        x = 2 * rng.integers(0, 2, size=x.shape).astype(np.float32) - 1
+    width = k * dt.bitwidth()
+    n = 4 * beat_words(width)
+    finn = b"".join(v.to_bytes(n, "little") for v in npy_to_rtlsim_input(x, dt, width))
+    assert pack_beats(x, dt) == finn
+    beats = [int.from_bytes(finn[i:i + n], "little") for i in range(0, len(finn), n)]
+    back = rtlsim_output_to_npy(beats, None, dt, x.shape, width, dt.bitwidth())
+    assert np.array_equal(unpack_beats(finn, dt, x.shape), back)
+    assert np.array_equal(back, x)
+
+
 # ------------------------------------------------------------------ the layers
 
 def test_thresholding_rtl(graph, work):
