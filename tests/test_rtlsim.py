@@ -248,6 +248,13 @@ def test_dwc_rtl_up_and_down(dwc_fifo_graph, work):
         _check(dwc_fifo_graph, node, work)
 
 
+def test_dwc_rtl_non_integer_ratio(work):
+    """A 3 -> 2 elements per beat converter (24 -> 16 bits): neither width divides the other."""
+    model = _one_node_model("StreamingDataWidthConverter_rtl", [1, 12], [1, 12], inShape=[1, 12],
+                            outShape=[1, 12], inWidth=24, outWidth=16, dataType="UINT8")
+    _check(model, model.graph.node[0], work)
+
+
 @pytest.mark.parametrize("depth", [2, 600])  # fifo.sv's SRL path; its BRAM path, 512 + 128 deep
 def test_fifo_rtl(dwc_fifo_graph, work, depth):
     from qonnx.custom_op.registry import getCustomOp
