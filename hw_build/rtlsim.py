@@ -240,7 +240,10 @@ class RtlNodeSim:
     def _build(self) -> tuple[float, bool]:
         top = self._top()
         srcs = self._sources()
-        texts = {f.name: rtl_fixes.apply(f.name, f.read_text()) for f in srcs}
+        try:
+            texts = {f.name: rtl_fixes.apply(f.name, f.read_text()) for f in srcs}
+        except rtl_fixes.RtlFixError as e:
+            raise RtlSimUnsupported(f"{self.node.name}: {e}") from e
         if len(texts) != len(srcs):
             raise RtlSimUnsupported(f"{self.node.name}: two RTL sources share a file name")
         header = self._ports_header()

