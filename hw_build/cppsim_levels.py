@@ -40,31 +40,53 @@ def _base_node(node):
     return base
 
 
+def _rows(model, node, ctx: dict, rows) -> list[list[np.ndarray]]:
+    """FINN Python execution of the batch-1 `node`, image by image, for the given rows."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    inst, out = getCustomOp(_base_node(node)), [[] for _ in node.output]
+    for r in rows:
+        c = {i: ctx[i][r:r + 1] if i in ctx else model.get_initializer(i) for i in node.input}
+        c.update({o: np.zeros(model.get_tensor_shape(o), dtype=np.float32) for o in node.output})
+        inst.execute_node(c, model.graph)
+        for k, o in enumerate(node.output):
+            out[k].append(np.asarray(c[o], dtype=np.float32).reshape(-1))
+    return out
+
+
+def _gather(model, node, ctx: dict, n: int, want) -> list[np.ndarray]:
+    """ConvolutionInputGenerator's Python model takes one image (its im2col graph is batch-1):
+    run it once on arange values to get its index map (hw_build.golden) and gather the batch."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hw_build.golden import _gather_index
+
+    idx = _gather_index(model, node, getCustomOp(_base_node(node)))
+    return [ctx[node.input[0]].reshape(n, -1)[:, idx].reshape(want[0])]
+
+
 def python_exec(model, bm, node, ctx: dict) -> list[np.ndarray]:
-    """FINN Python execution of `node` on the batch in ctx; layers that only take one image
-    (e.g. ConvolutionInputGenerator) run image by image on the batch-1 graph."""
+    """FINN Python execution of `node` on the batch in ctx: the batched layer (bm), accepted
+    only if its first and last images equal the batch-1 layer's; else image by image."""
     from qonnx.custom_op.registry import getCustomOp
 
     n = len(next(ctx[i] for i in node.input if i in ctx))
     want = [tuple(bm.get_tensor_shape(o)) for o in node.output]
+    if _base_node(node).op_type == "ConvolutionInputGenerator":
+        return _gather(model, node, ctx, n, want)
     try:
         c = {i: ctx[i] if i in ctx else bm.get_initializer(i) for i in node.input}
         c.update({o: np.zeros(s, dtype=np.float32) for o, s in zip(node.output, want)})
         getCustomOp(_base_node(next(x for x in bm.graph.node if x.name == node.name))) \
             .execute_node(c, bm.graph)
         outs = [np.asarray(c[o], dtype=np.float32).reshape(s) for o, s in zip(node.output, want)]
-        return outs
+        probe = _rows(model, node, ctx, sorted({0, n - 1}))
+        if all(np.array_equal(o.reshape(n, -1)[[0, n - 1]], np.stack(p)[[0, -1]])
+               for o, p in zip(outs, probe)):
+            return outs
     except Exception:  # noqa: BLE001 - this layer's Python model takes one image at a time
         pass
-    inst = getCustomOp(_base_node(node))
-    rows = [[] for _ in node.output]
-    for r in range(n):
-        c = {i: ctx[i][r:r + 1] if i in ctx else model.get_initializer(i) for i in node.input}
-        c.update({o: np.zeros(model.get_tensor_shape(o), dtype=np.float32) for o in node.output})
-        inst.execute_node(c, model.graph)
-        for k, o in enumerate(node.output):
-            rows[k].append(np.asarray(c[o], dtype=np.float32))
-    return [np.concatenate(r).reshape(s) for r, s in zip(rows, want)]
+    return [np.stack(r).reshape(s) for r, s in zip(_rows(model, node, ctx, range(n)), want)]
 
 
 def prepare_hls(bm, work: Path, progress: bool) -> dict:
@@ -87,8 +109,8 @@ def prepare_hls(bm, work: Path, progress: bool) -> dict:
     _say(progress, f"generating and compiling the C++ of {len(hls)} HLS layers (g++)")
     model = bm.transform(PrepareCppSim())
     for node in hls:
-        if node.op_type == "LabelSelect_hls":
-            _batch_labelselect(work / node.name, int(bm.get_tensor_shape(node.input[0])[0]))
+        if node.op_type in _ONE_FRAME_DRIVERS:
+            _batch_driver(node.op_type, work / node.name, int(bm.get_tensor_shape(node.input[0])[0]))
     model = model.transform(CompileCppSim())
     bm.graph.CopyFrom(model.graph)
     info = {}
@@ -99,16 +121,26 @@ def prepare_hls(bm, work: Path, progress: bool) -> dict:
     return info
 
 
-def _batch_labelselect(code_dir: Path, n: int) -> None:
-    """finn-plus 1.6.1's LabelSelect_hls cppsim driver calls LabelSelect_Batch for one frame
-    (a literal 1, unlike the other layers' numReps); pass the batch size instead, so the same
-    finn-hlslib function runs over all n frames in one call."""
-    f = code_dir / "execute_LabelSelect_hls.cpp"
-    src = f.read_text()
-    new, k = re.subn(r"(LabelSelect_Batch<[^;]*>\s*\(in0_V, out0_V, )1\);", rf"\g<1>{n});", src)
+# Layers whose finn-plus 1.6.1 cppsim driver runs one frame whatever the batch attributes say:
+# (generated file, pattern, replacement) giving the same finn-hlslib call the batch size. Both
+# functions treat frames independently (LabelSelect_Batch loops numReps frames; Pool_batch pools
+# consecutive groups of K inputs, so ISIZE * n inputs are n frames).
+_ONE_FRAME_DRIVERS = {
+    "LabelSelect_hls": ("execute_LabelSelect_hls.cpp",
+                        r"(LabelSelect_Batch<[^;]*>\s*\(in0_V, out0_V, )1\);", r"\g<1>{n});"),
+    "Pool_hls": ("execute_Pool_hls.cpp", r"(constexpr unsigned\s+ISIZE = )(\d+);",
+                 r"\g<1>\g<2> * {n};"),
+}
+
+
+def _batch_driver(op_type: str, code_dir: Path, n: int) -> None:
+    """Let a one-frame cppsim driver (see _ONE_FRAME_DRIVERS) run all n frames in one call."""
+    fname, pat, rep = _ONE_FRAME_DRIVERS[op_type]
+    f = code_dir / fname
+    new, k = re.subn(pat, rep.format(n=n), f.read_text())
     if k != 1:
-        raise LevelError(f"{f}: no `LabelSelect_Batch<...>(in0_V, out0_V, 1);` call to batch "
-                          "(finn-plus changed its LabelSelect_hls driver: update hw_build/cppsim.py)")
+        raise LevelError(f"{f}: the one-frame call this batches is not there (finn-plus changed "
+                         f"its {op_type} driver: update hw_build/cppsim_levels.py)")
     f.write_text(new)
 
 

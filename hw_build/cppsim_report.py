@@ -41,8 +41,9 @@ def summary_line(res: dict) -> str:
         parts.append(f"QONNX reference: {res['qonnx_identical']}")
     lv = ", ".join(f"{v} {k}" for k, v in res["levels"].items())
     parts.append(f"layers: {lv}")
-    parts.append(f"{res['seconds']} s in all ({res['compile_s']} s compiling, "
-                 f"{res['sim_seconds']} s simulating)")
+    parts.append(f"{res['seconds']} s wall in all; compile times summed over layers "
+                 f"{res['compile_s']} s (HLS layers compile in parallel, 0 when cached), "
+                 f"simulation {res['sim_seconds']} s")
     return "; ".join(parts)
 
 
