@@ -13,6 +13,7 @@ CLOCK_MHZ  ?=
 WIDTHS     ?= 128,88
 LIMIT      ?=
 SAMPLE     ?=
+N          ?=
 SWEEP      ?=
 RUN        ?=
 DIST       ?= dist
@@ -26,6 +27,12 @@ OPTION_VARS := INPUT_BITS SHORTCUT_BITS ADD_BITS OUTPUT_BITS POOL_WINDOW POOL_MO
 # stay at the specification's 8 bits); it fits the Pynq-Z2 at 1.02M fps, an 8-bit input does not.
 # INPUT_BITS=8 for the thesis's 8-bit input (the Python CLIs' default).
 INPUT_BITS ?= 4
+
+# finn-hlslib for make cppsim (environment; default ../shared/deps/finn-hlslib, else the clone
+# in ~/.cache/resbin/finn-hlslib that make setup makes when online)
+ifdef FINN_HLSLIB
+export FINN_HLSLIB
+endif
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -46,13 +53,15 @@ hw_args    = --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) \
 run_dir    = $(or $(RUN),$(shell $(PY) -m train $(train_args) --print-run-dir))
 sweeps     = $(if $(SWEEP),--sweep $(SWEEP),--dataset $(DATASET))
 
-.PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim bitstream \
-        deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-sweep bench-search bench-train docker-build clean
+.PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim cppsim \
+        bitstream deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-cppsim bench-sweep \
+        bench-search bench-train docker-build clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 18
 
-setup: $(STAMP)  ## create .venv with the pinned toolchain (idempotent)
+setup: $(STAMP)  ## create .venv with the pinned toolchain (idempotent); clones finn-hlslib when online
+	@$(PY) -m hw_build.finn_env hlslib --fetch || echo "setup: no finn-hlslib (offline?): set FINN_HLSLIB for make cppsim"
 $(STAMP):
 	VENV=$(VENV) bash env/setup.sh
 
@@ -93,6 +102,9 @@ codegen: $(STAMP) ## FINN build up to HLS/RTL code generation
 sim: $(STAMP)     ## main command: train, export, compile and simulate the accelerator on the whole test set
 	$(PY) -m hw_build sim $(hw_train) $(hw_args)
 
+cppsim: $(STAMP)  ## codegen, then the generated HLS C++ (g++) and RTL (Verilator) of every layer on the test set (N=first N images), bit-exact vs golden/QONNX
+	$(PY) -m hw_build cppsim $(hw_train) $(hw_args) $(if $(N),--n $(N))
+
 bitstream: $(STAMP) ## everything up to the bitfile (without Vivado: stops before IP generation, exit code 3)
 	$(PY) -m hw_build bitstream $(hw_train) $(hw_args)
 
@@ -128,6 +140,9 @@ bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and Py
 	$(PY) -m hw_build estimate --run $$($(PY) -m bench.accuracy $(bench_args) --list-runs "$(MODEL)") --board $(BOARD)
 	$(PY) -m bench.sim --run $$($(PY) -m bench.accuracy $(bench_args) --list-runs "$(MODEL)") \
 	  --out docs/results/sim-speed.md
+
+bench-cppsim: $(STAMP) ## the default mnist design and the search's choice through make cppsim on all 10k test images -> docs/results/mnist-cppsim.md
+	$(PY) -m hw_build.bench_cppsim $(bench_args) $(if $(N),--n $(N)) --out docs/results/mnist-cppsim.md
 
 bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
 	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) --out docs/results/mnist-sweep

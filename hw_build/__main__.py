@@ -1,4 +1,4 @@
-"""python -m hw_build {estimate,codegen,sim,bitstream,bench}: the FINN build of a trained run.
+"""python -m hw_build {estimate,codegen,sim,cppsim,bitstream,bench}: the FINN build of a trained run.
 
 Exit codes: 0 done; 1 a FINN step failed (see the build log); 2 bad input (unknown board,
 missing run, bad folding file, ...); 3 stopped because a Xilinx tool is missing (the message
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from hw_build.boards import FIT_BUDGET  # no FINN import: --help stays fast
@@ -85,13 +86,23 @@ def _parser() -> argparse.ArgumentParser:
                         ("codegen", "... plus the HLS C++ / RTL code of every layer"),
                         ("bitstream", "... plus IP, FIFO sizing, stitched IP, bitfile, driver, "
                                       "deployment folder (needs Vivado/Vitis HLS)"),
-                        ("sim", "estimate, then simulate the HW graph on the test set")):
+                        ("sim", "estimate, then simulate the HW graph on the test set"),
+                        ("cppsim", "codegen, then run the generated code of every layer on the "
+                                   "test set (HLS in C++, RTL in Verilator), bit-exact check")):
         p = sub.add_parser(name, help=help_, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
-        if name == "sim":
+        if name in ("sim", "cppsim"):
             p.add_argument("--n", type=positive_int, help="first N test images (default all; a partial "
                            "result goes to sim-n<N>.json, never over the full set's sim.json)")
+        if name == "cppsim":
+            p.description = textwrap.fill("Build to codegen, then run every layer's generated code on the test "
+                             "set: HLS layers in FINN's C++ simulation (g++), RTL layers in "
+                             "Verilator, anything else in FINN Python execution with the reason "
+                             "printed. Exits 0 only if every image's integer outputs equal "
+                             "golden.npz and QONNX (1 otherwise: the per-layer table is in "
+                             "cppsim.md), 3 if g++, finn-hlslib (FINN_HLSLIB) or the HLS headers "
+                             "are missing.", 92)
     b = sub.add_parser("bench", help="estimate (and simulate) runs at several targets; "
                                      "write a markdown table", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,10 +216,21 @@ def _run(args) -> int:
 
         check_n(args.n, len(load_test_set(run)[1]))
     until = {"estimate": "estimate", "sim": "estimate", "codegen": "codegen",
-             "bitstream": "bitstream"}[args.cmd]
+             "cppsim": "codegen", "bitstream": "bitstream"}[args.cmd]
+    if args.cmd == "cppsim":
+        from hw_build.finn_env import ensure_cppsim
+
+        ensure_cppsim(fetch=True)  # a missing toolchain stops before any build work
     args.build_dir = _build_dir(run, args)
     with build_lock(args.build_dir):  # one hw_build per build folder
         report = build(run, until=until, **_build_kwargs(args))
+        if args.cmd == "cppsim":
+            from hw_build.cppsim import run_cppsim
+            from hw_build.cppsim_report import summary_line
+
+            res = run_cppsim(Path(report["out_dir"]), n=args.n, progress=not args.quiet)
+            print(f"hw_build cppsim: {summary_line(res)}; table: "
+                  f"{Path(report['out_dir']) / 'cppsim.md'}")
         if args.cmd == "sim":
             from hw_build.simulate import simulate
 
@@ -230,6 +252,9 @@ def _failures() -> tuple:
     for mod, name in (("hw_build.build", "StepError"), ("hw_build.verify", "DivergenceError"),
                       ("hw_build.verify", "VerifyError"), ("hw_build.simulate", "SimulationError"),
                       ("hw_build.golden", "GoldenWriteError"), ("hw_build.steps", "NotHardwareError"),
+                      ("hw_build.cppsim", "CppsimMismatchError"), ("hw_build.cppsim", "CppsimError"),
+                      ("hw_build.cppsim_levels", "LevelError"),
+                      ("hw_build.finn_env", "CppsimCompileError"),
                       ("hw_build.finn_fixes", "FixError"), ("export.qonnx_export", "ExportError")):
         try:
             out.append(getattr(__import__(mod, fromlist=[name]), name))

