@@ -55,7 +55,7 @@ sweeps     = $(if $(SWEEP),--sweep $(SWEEP),--dataset $(DATASET))
 
 .PHONY: help setup test test-all doctor lock data train size variants export estimate codegen sim cppsim \
         bitstream deploy sweep report pareto search bench-accuracy bench-hw bench-sim bench-cppsim bench-sweep \
-        bench-search bench-train docker-build clean
+        bench-search bench-train bench-design docker-build clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/' | expand -t 18
@@ -143,6 +143,9 @@ bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and Py
 
 bench-cppsim: $(STAMP) ## the default mnist design and the search's choice through make cppsim on all 10k test images -> docs/results/mnist-cppsim.md
 	$(PY) -m hw_build.bench_cppsim $(bench_args) $(if $(N),--n $(N)) --out docs/results/mnist-cppsim.md
+
+bench-design: sim ## the default accelerator (DATASET/MODEL/option variables) against BNN-PYNQ's LFC and FINN's TFC -> docs/results/mnist-design.md
+	$(PY) -m bench.design --design default=$(run_dir) --board $(BOARD) --out docs/results/mnist-design.md
 
 bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
 	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) --out docs/results/mnist-sweep

@@ -28,6 +28,17 @@ LFC = REFERENCES[0]
 GOAL_FPS = 1_000_000
 
 
+def build_folder(path: Path, board: str = "Pynq-Z2") -> Path:
+    """A build folder as given, or a run folder's default build (the fastest folding that fits)."""
+    if (path / "report.json").exists() or not (path / "config.json").exists():
+        return path
+    from hw_build.boards import get_board
+    from hw_build.config import out_dir_for, target_name
+
+    brd = get_board(board)
+    return out_dir_for(path, brd, brd.clock_mhz, target_name())
+
+
 def design_row(name: str, build: Path) -> dict:
     """One design's figures from its build folder and run folder (all measured, none typed in)."""
     rep = read_json(build / "report.json")
@@ -120,8 +131,10 @@ def markdown(rows: list[dict], png: str, command: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.design", description=__doc__.splitlines()[0])
-    ap.add_argument("--design", action="append", required=True, metavar="NAME=BUILD_DIR",
-                    help="a built design (its hw build folder, with sim.json from `hw_build sim`)")
+    ap.add_argument("--design", action="append", required=True, metavar="NAME=BUILD_OR_RUN_DIR",
+                    help="a built design: its hw build folder, or a run folder (its default build on "
+                         "--board), with sim.json from `hw_build sim`")
+    ap.add_argument("--board", default="Pynq-Z2")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (the plot goes beside it)")
     args = ap.parse_args(argv)
     rows = []
@@ -129,7 +142,7 @@ def main(argv=None) -> int:
         name, sep, build = d.partition("=")
         if not sep:
             ap.error(f"--design {d!r}: expected NAME=BUILD_DIR")
-        rows.append(design_row(name, Path(build)))
+        rows.append(design_row(name, build_folder(Path(build), args.board)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(rows, args.out.with_suffix(".png"))
     command = "python -m bench.design " + " ".join(f"--design {d}" for d in args.design) + f" --out {args.out}"
