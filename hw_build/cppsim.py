@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import read_json
+
 from hw_build.cppsim_levels import RtlLevel, hls_exec, prepare_hls, python_exec, rtl_cache
 from hw_build.finn_env import ensure_cppsim, ensure_finn
 
@@ -53,7 +55,8 @@ def _say(progress: bool, msg: str) -> None:
 # ------------------------------------------------------------------ the graph to simulate
 
 def _last_checkpoint(build_dir: Path) -> tuple[Path, dict]:
-    from hw_build.build import STATE_FILE
+    """(the last step checkpoint, the build's config: build_config.json, a ResBinBuildConfig)."""
+    from hw_build.build import CONFIG_FILE, STATE_FILE
 
     try:
         state = json.loads((build_dir / STATE_FILE).read_text())
@@ -64,7 +67,10 @@ def _last_checkpoint(build_dir: Path) -> tuple[Path, dict]:
     if "step_specialize_layers" not in done:
         raise CppsimError(f"{build_dir}: the build has no specialized HW graph yet (run "
                           "`python -m hw_build codegen --run <run>` first)")
-    return build_dir / "steps" / f"{done[-1]}.onnx", state.get("config", {})
+    config = read_json(build_dir / CONFIG_FILE)
+    if config is None:
+        raise CppsimError(f"{build_dir}: no {CONFIG_FILE} (rebuild it with `python -m hw_build codegen`)")
+    return build_dir / "steps" / f"{done[-1]}.onnx", config
 
 
 def stitched_graph(model, fpga_part: str):
@@ -232,7 +238,7 @@ def run_cppsim(build_dir: str | Path, n: int | None = None, progress: bool = Tru
     build_dir = Path(build_dir).resolve()
     src, config = _last_checkpoint(build_dir)
     ensure_cppsim()
-    part = config.get("part")
+    part = config.get("fpga_part")
     clk_ns = 1000.0 / float(config.get("clock_mhz") or 100.0)
     run_dir = Path(config.get("run_dir") or build_dir.parent.parent)
     x, _ = load_test_set(run_dir)
