@@ -142,7 +142,7 @@ bench-sim: bench-accuracy ## images/s of the software accelerator vs FINN and Py
 	  --out docs/results/sim-speed.md
 
 bench-cppsim: $(STAMP) ## the default mnist design and the search's choice through make cppsim on all 10k test images -> docs/results/mnist-cppsim.md
-	$(PY) -m hw_build.bench_cppsim $(bench_args) $(if $(N),--n $(N)) --out docs/results/mnist-cppsim.md
+	$(PY) -m bench.cppsim $(bench_args) $(if $(N),--n $(N)) --out docs/results/mnist-cppsim.md
 
 bench-design: sim ## the default accelerator (DATASET/MODEL/option variables) against BNN-PYNQ's LFC and FINN's TFC -> docs/results/mnist-design.md
 	$(PY) -m bench.design --design default=$(run_dir) --board $(BOARD) --out docs/results/mnist-design.md

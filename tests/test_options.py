@@ -48,3 +48,11 @@ def test_suffix_scope_capacity_and_checks_come_from_the_fields():
                      (dict(dropout=1.0), r"dropout=1.0 must be in \[0, 1\)")):
         with pytest.raises(ModelError, match=msg):
             check_options(ModelOptions(**bad))
+
+
+def test_makefile_default_accelerator_is_the_declared_one():
+    from train.options import ACCELERATOR_DEFAULTS, make_var
+
+    text = (REPO / "Makefile").read_text()
+    for name, value in ACCELERATOR_DEFAULTS.items():
+        assert re.search(rf"^{make_var(name)}\s*\?=\s*{value}\s*$", text, re.M), name

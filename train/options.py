@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 __all__ = ["ModelOptions", "ModelError", "OPTION_NAMES", "SWEEP_AXES", "OPTION_SCOPE", "CAPACITY",
-           "MAKE_VARS", "option_fields", "options_suffix", "check_options", "make_var"]
+           "MAKE_VARS", "ACCELERATOR_DEFAULTS", "option_fields", "options_suffix", "check_options", "make_var"]
 
 
 class ModelError(ValueError):
@@ -76,6 +76,9 @@ OPTION_SCOPE = {f.name: f.metadata["scope"] for f in option_fields() if f.metada
 # +1: a larger value is more capacity/precision (a bigger design); -1: a smaller one is
 CAPACITY = {f.name: f.metadata["capacity"] for f in option_fields() if f.metadata["capacity"]}
 MAKE_VARS = {name: make_var(name) for name in SWEEP_AXES}
+# the default accelerator of the make targets (`make sim DATASET=mnist`): the options that differ
+# from ModelOptions' (the thesis's) defaults; the Makefile's `?=` defaults are tested against it
+ACCELERATOR_DEFAULTS = {"input_bits": 4}
 
 
 def check_options(options: ModelOptions) -> None:
