@@ -59,9 +59,9 @@ def _gather(model, node, ctx: dict, n: int, want) -> list[np.ndarray]:
     run it once on arange values to get its index map (hw_build.golden) and gather the batch."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from hw_build.golden import _gather_index
+    from hw_build.golden_nodes import gather_index
 
-    idx = _gather_index(model, node, getCustomOp(_base_node(node)))
+    idx = gather_index(model, node, getCustomOp(_base_node(node)))
     return [ctx[node.input[0]].reshape(n, -1)[:, idx].reshape(want[0])]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GoldenWriteError", "NODE_SPECS", "node_spec", "base_op", "flat_size", "thresholds_int"]
+__all__ = ["GoldenWriteError", "NODE_SPECS", "node_spec", "base_op", "flat_size", "thresholds_int", "gather_index"]
 
 # ops that only move a stream (identity on the flat per-image layout)
 _IDENTITY_OPS = {"StreamingFIFO", "StreamingDataWidthConverter", "Reshape", "Flatten", "Squeeze",
@@ -55,7 +55,7 @@ def flat_size(shape) -> int:
     return int(np.prod(shape[1:])) if shape is not None and len(shape) > 1 else 1
 
 
-def _gather_index(model, node, inst=None) -> np.ndarray:
+def gather_index(model, node, inst=None) -> np.ndarray:
     """Run the node on arange values: output[j] = input[index[j]] (data-movement ops only)."""
     ishape = list(model.get_tensor_shape(node.input[0]))
     oshape = list(model.get_tensor_shape(node.output[0]))
@@ -180,7 +180,7 @@ def _spec_identity(s: _Spec) -> None:
 def _spec_gather(s: _Spec) -> None:
     inst = s.inst() if s.d["op"] != "Transpose" else None
     s.d["inputs"] = [s.node.input[0]]
-    s.put("index", _gather_index(s.model, s.node, inst))
+    s.put("index", gather_index(s.model, s.node, inst))
     s.d["op"] = "Gather"
     if inst is not None:
         for a in ("ConvKernelDim", "IFMDim", "OFMDim", "Stride", "Dilation"):

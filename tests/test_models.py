@@ -161,25 +161,26 @@ def test_deployed_size_hand_computed():
     d = deployed_size(m)
     rows = {r["name"]: r["bits"] for r in d["layers"]}
     expected = {
-        "hidden.0.linear": 6 * 4 * 1,                 # binary weights
+        "hidden.0.linear": 6 * 4 * 2,                 # +-1 weights of the multiply MVAU: INT2 in FINN
         "hidden.0.bn+sign": 4 * 12,                   # |acc| <= 6*255 = 1530 -> 11 bits + sign
         "hidden.1.linear": 4 * 3 * 1,
-        "hidden.1.bn+add_quant": 3 * 255 * 3,         # bias -> per unit; popcount 0..4 -> 3 bits
+        "hidden.1.bn+add_quant": 255 * 3,             # one shared set; popcount 0..4 -> 3 bits
+        "hidden.1.affine": 2 * 3 * 3,                 # per-unit integer scale and offset before it
         "shortcut.linear": 6 * 3 * 8,
         "shortcut.bn+add_quant": 3 * 255 * 19,        # |acc| <= 6*255*127 = 194310 -> 18 bits + sign
         "add_requant": 255 * 9,                       # INT8 + INT8 -> INT9, one per-tensor set
         "output": 3 * 2 * 8,
     }
     assert rows == expected
-    assert d["total_bits"] == sum(expected.values()) == 19401
-    assert d["total_kib"] == pytest.approx(19401 / 8192)
+    assert d["total_bits"] == sum(expected.values()) == 17913
+    assert d["total_kib"] == pytest.approx(17913 / 8192)
     assert d["fpga_able"] is True
     # a 4-bit input needs its own thresholds (15 at the raw 8-bit width) and narrows the first accumulator
     d4 = {r["name"]: r["bits"] for r in deployed_size(build_model("B-4N,3,QN", 6, 2, ModelOptions(input_bits=4)))["layers"]}
     assert d4["input_quant"] == 15 * 8 and d4["hidden.0.bn+sign"] == 4 * 8   # 6*15 = 90 -> 7 bits + sign
-    # no shortcut: last hidden into the head quantizer, one shared set when neither BN nor bias
+    # no shortcut: last hidden (BN, after an XNOR layer) into the head quantizer: one shared set behind an affine
     nob = {r["name"]: r["bits"] for r in deployed_size(build_model("B-4,3N", 6, 2))["layers"]}
-    assert nob["hidden.1.bn+head_quant"] == 3 * 255 * 3 and "add_requant" not in nob
+    assert nob["hidden.1.bn+head_quant"] == 255 * 3 and "add_requant" not in nob
     fl = deployed_size(build_model("B-4N,3,F", 6, 2))
     assert fl["fpga_able"] is False
     assert {r["name"]: r["bits"] for r in fl["layers"]}["shortcut.linear"] == (6 * 3 + 3) * 32

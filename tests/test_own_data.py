@@ -331,7 +331,7 @@ def test_idx_set_through_make_deploy_validate_notebook(idx_chain):
     cfg = json.loads((c["run"] / "config.json").read_text())
     # the run records the folder resolved (one name however spelled); the package keeps the spelling
     resolved = "idx:" + str(Path(dataset[4:]).resolve())
-    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (resolved, 0.2, 60, "B-32N_QN__val0p2")
+    assert (cfg["dataset"], cfg["val"], cfg["n_val"], c["run"].name) == (resolved, 0.2, 60, "B-32N_QN__in4__val0p2")  # make's default 4-bit input
     assert (work / "runs").resolve() in c["run"].resolve().parents
     assert not (REPO / "dist" / c["pkg"].name).exists()
 
