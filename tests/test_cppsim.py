@@ -102,7 +102,7 @@ def test_cli(design_root, mnist_dir):
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"identical to golden.npz: {N_IMAGES}/{N_IMAGES}" in r.stdout
-    for bad, code, msg in ((["--n", "0"], 2, "positive whole number"),
+    for bad, code, msg in ((["--n", "0"], 2, "must be >= 1, got 0"),
                            (["--n", "5"], 3, "FINN_HLSLIB=")):
         r = subprocess.run([sys.executable, "-m", "hw_build", "cppsim", "--run", str(run), *bad],
                            cwd=REPO, env={**env, "FINN_HLSLIB": str(run)}, capture_output=True,

@@ -93,13 +93,14 @@ def option_type(f, many: bool = False):
 
 def add_option_args(p, defaults=None) -> None:
     """The model-option flags of `python -m train` and `hw_build`, one per train.options field."""
-    from train.options import ModelOptions, option_fields
+    from train.options import ModelOptions, make_var, option_fields
 
     d = defaults or ModelOptions()
     for f in option_fields():
         m = f.metadata
         rng = f" ({m['lo']}..{m['hi']})" if m["hi"] is not None and not m["rate"] else ""
         p.add_argument(m["flag"], dest=f.name, type=option_type(f), choices=m["choices"],
+                       metavar=None if m["choices"] else make_var(f.name),
                        default=getattr(d, f.name), help=m["help"] + rng)
 
 
