@@ -312,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a FINN step failed: one line + where the details are
         log = Path(getattr(args, "build_dir", None) or getattr(args, "out", None) or ".") / "build.log"
-        where = f"details: {log}" if log.is_file() else "no build log was written"
+        if log.parent.is_dir() and log.parent != Path("."):  # the traceback goes where we point
+            import traceback
+
+            with open(log, "a") as f:
+                f.write(f"\n--- hw_build {args.cmd}: {type(e).__name__} ---\n")
+                traceback.print_exc(file=f)
+        where = f"traceback in {log}" if log.is_file() else "no build log was written"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"hw_build: {type(e).__name__}: {msg} ({where})", file=sys.stderr)
         return EXIT_FAILED

@@ -236,7 +236,7 @@ def test_truncated_checkpoint_is_one_line_in_export_and_resume(run_copy, tmp_pat
     capsys.readouterr()
 
 
-def test_build_error_names_only_a_build_log_that_exists(run_copy, monkeypatch, capsys):
+def test_build_error_points_to_a_build_log_that_holds_its_traceback(run_copy, monkeypatch, capsys):
     import hw_build.build as hb
     from hw_build.__main__ import main
 
@@ -245,7 +245,9 @@ def test_build_error_names_only_a_build_log_that_exists(run_copy, monkeypatch, c
     monkeypatch.setattr(hb, "build", boom)
     assert main(["estimate", "--run", str(run_copy), "--quiet"]) == 1
     err = _one_line(capsys.readouterr().err)
-    assert "RuntimeError: a FINN step failed (no build log was written)" in err
+    assert "RuntimeError: a FINN step failed (traceback in " in err
+    log = Path(err.split("traceback in ", 1)[1].strip().rstrip(")"))
+    assert "RuntimeError: a FINN step failed" in log.read_text()  # the pointer is true
 
 
 def test_two_folding_files_of_one_name_get_two_build_folders(tmp_path):
