@@ -49,10 +49,12 @@ def _project_error(e: Exception) -> bool:
 
 def _identity(cfg: ResBinBuildConfig) -> dict:
     ident = {k: getattr(cfg, k) for k in _IDENTITY}
-    ident["run_dir"] = str(Path(cfg.run_dir).resolve())
+    ident["run_dir"] = str(Path(cfg.run_dir).resolve())  # one build however the run is spelled
+    ident["qonnx_file"] = str(Path(cfg.qonnx_file).resolve())
     ident["qonnx_sha256"] = sha256(cfg.qonnx_file)
     ident["board"] = cfg.target_board.name
     ident["folding_sha256"] = sha256(cfg.folding_file) if cfg.folding_file else None
+    ident["folding_file"] = str(Path(cfg.folding_file).resolve()) if cfg.folding_file else None
     return ident
 
 

@@ -279,3 +279,16 @@ def test_deployed_size_predicts_what_finn_stores(run, auto_report):
                 if n.op_type.startswith("Thresholding"))
     assert sum(r["count"] for r in thr) == n_thr
     assert auto_report["stored_bits"]["thresholds"] <= sum(r["bits"] for r in thr)
+
+
+def test_a_run_spelled_another_way_resumes_the_same_build(run, auto_report, capsys):
+    """A relative and an absolute path to the same run are one build (found when a benchmark
+    named the run by its absolute path and rebuilt, dropping a 10k-image cppsim result)."""
+    import os
+
+    from hw_build.build import build
+
+    rel = Path(os.path.relpath(run))
+    build(rel, until="estimate")
+    ran = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[hw_build ")]
+    assert ran == []  # every step reused, nothing rebuilt
