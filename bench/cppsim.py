@@ -26,11 +26,10 @@ CHOICE = Path("docs/results/mnist-z2-search/choice.json")
 
 def _train_opts() -> dict:
     """make variable -> `python -m train` option (the model options from train.options)."""
-    from train.options import option_fields
+    from train.options import make_var, option_fields
 
     opts = {"MODEL": "--model", "RECIPE": "--recipe", "EPOCHS": "--epochs", "SEED": "--seed"}
-    return {**opts, **{f.metadata["flag"][2:].upper().replace("-", "_"): f.metadata["flag"]
-                       for f in option_fields()}}
+    return {**opts, **{make_var(f.name): f.metadata["flag"] for f in option_fields()}}
 
 
 class BenchError(RuntimeError):
