@@ -40,13 +40,15 @@ def _stepper(name: str, path: str, batch: int, seed: int = 0):
     import torch
     import torch.nn.functional as F
 
+    from train.fitting import make_optimizer
     from train.models import build_model
+    from train.recipes import Recipe
     from train.trainer import training_forward
 
     torch.manual_seed(seed)
     model = build_model(name, 784, 10, image_shape=(28, 28, 1))
     forward = training_forward(model, "fast" if path == "fast" else "brevitas")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, Recipe("bench", optimizer="adam", lr=1e-3))  # the trainer's Adam
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch, 784), generator=gen).float()
     y = torch.randint(0, 10, (batch,), generator=gen)

@@ -29,7 +29,8 @@ VARIANTS = [
     ("B-24,D16N,16N,D12N,D", ModelOptions(input_bits=4, add_bits=5, output_weight_bits=4, dropout=0.3)),
     ("B-D24N,Q,D", ModelOptions(input_bits=2, shortcut_weight_bits=4, add_bits=4, output_weight_bits=3)),
 ]
-STEPS = 105  # past Brevitas' 100 statistics steps of every add / requant / head quantizer
+STEPS = 130  # past Brevitas' 100 statistics steps of every add / requant / head quantizer, then
+# 29 steps of the one-node network (FastPath._forward / _backward)
 BATCH = 32
 
 
@@ -68,10 +69,13 @@ def _quant_state(model):
 
 
 @pytest.mark.parametrize("name,options", VARIANTS, ids=[v[0] + "-" + str(i) for i, v in enumerate(VARIANTS)])
-def test_training_steps_are_brevitas_bit_for_bit(name, options, images):
+def test_training_steps_are_brevitas_bit_for_bit(name, options, images, monkeypatch):
     x, y, x_test = images
     brev, fast = _pair(name, options)
     fwd = FastPath(fast)
+    one_node = []
+    real = FastPath._forward
+    monkeypatch.setattr(FastPath, "_forward", lambda self, xb: one_node.append(1) or real(self, xb))
     opt_b = torch.optim.Adam(brev.parameters(), lr=1e-2)
     opt_f = torch.optim.Adam(fast.parameters(), lr=1e-2)
     for i in range(STEPS):
@@ -81,6 +85,7 @@ def test_training_steps_are_brevitas_bit_for_bit(name, options, images):
         torch.manual_seed(1000 + i)
         lf = _step(fast, fwd, opt_f, xb, yb)
         assert torch.equal(lb, lf), f"step {i}: train-mode logits differ"
+    assert len(one_node) == STEPS - 101, "the one-node network ran after the statistics steps"
     pb, pf = dict(brev.named_parameters()), dict(fast.named_parameters())
     assert pb.keys() == pf.keys()
     for k in pb:
@@ -174,6 +179,28 @@ def test_unknown_trainer_is_a_one_line_error(mnist, tmp_path, capsys):
         main(["--dataset", "mnist", "--model", "B-8N", "--trainer", "jit"])
     assert e.value.code == 2
     assert "invalid choice: 'jit'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop", "adamw"])
+def test_foreach_optimizer_is_the_per_parameter_loop_bit_for_bit(kind, images):
+    """train.fitting.make_optimizer uses foreach=True (fewer ops); it must not change a run."""
+    from train.fitting import make_optimizer
+    from train.recipes import Recipe
+
+    x, y, _ = images
+    params = {}
+    for foreach in (False, True):
+        torch.manual_seed(0)
+        model = build_model("B-D24N,D16N,QN,D", 784, 10)
+        fwd = FastPath(model)
+        opt = make_optimizer(model, Recipe("t", optimizer=kind, lr=1e-2, weight_decay=1e-3))
+        for group in opt.param_groups:
+            group["foreach"] = foreach
+        for i in range(110):
+            torch.manual_seed(i)
+            _step(model, fwd, opt, x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH])
+        params[foreach] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(params[False], params[True]))
 
 
 def test_fast_path_refuses_float_models():

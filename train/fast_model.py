@@ -50,8 +50,14 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(x, nan=-1.0).sign_().add_(0.5).sign_()
 
 
+def _sign_backward(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sign activation's gradient: passed where -1 <= x <= 1 (or x is NaN), +0.0 elsewhere."""
+    outside = torch.sign(torch.relu(x.abs() - 1.0)).nan_to_num_(0.0)  # 1 where |x| > 1
+    return g * (1.0 - outside) + 0.0  # + 0.0: torch.where's +0.0, not -0.0
+
+
 class SignSTE(torch.autograd.Function):
-    """Sign activation; gradient passed where -1 <= x <= 1 (or x is NaN), +0.0 elsewhere."""
+    """Sign activation with Brevitas' clipped straight-through gradient (`_sign_backward`)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -61,8 +67,7 @@ class SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        outside = torch.sign(torch.relu(x.abs() - 1.0)).nan_to_num_(0.0)  # 1 where |x| > 1
-        return g * (1.0 - outside) + 0.0  # + 0.0: torch.where's +0.0, not -0.0
+        return _sign_backward(g, x)
 
 
 class BinaryWeightSTE(torch.autograd.Function):
@@ -83,11 +88,10 @@ def binary_weight(weight: torch.Tensor) -> torch.Tensor:
     return BinaryWeightSTE.apply(weight)
 
 
-def _quant_forward(ctx, x, s, lo: float, hi: float, ste_clamp: bool):
+def _quant_forward(x, s, lo: float, hi: float, ste_clamp: bool):
     """Brevitas' `IntQuant` with zero point 0: clamp(round(x / s), lo, hi) * s. (Brevitas adds and
-    subtracts the zero point 0, which only turns a -0.0 into +0.0.)"""
+    subtracts the zero point 0, which only turns a -0.0 into +0.0.) Returns (y, (y1, q, r))."""
     y1 = x / s
-    ctx.ste_clamp = ste_clamp
     if ste_clamp:  # the backward needs no clamp mask: round and clamp in place
         q = torch.round(y1).clamp_(lo, hi)
         return q * s, (y1, q, q)
@@ -96,13 +100,13 @@ def _quant_forward(ctx, x, s, lo: float, hi: float, ste_clamp: bool):
     return q * s, (y1, q, r)
 
 
-def _quant_backward(ctx, g, s, y1, q, r):
+def _quant_backward(g, s, y1, q, r, ste_clamp: bool):
     """The gradients autograd computes through Brevitas' div, round STE, clamp and mul: (of x, of
     the 0-dim scale s). The clamp is `TensorClamp` (no gradient where clamped: activations) or
-    `TensorClampSte` (`ctx.ste_clamp`, straight through: weights). The scale may be a Python float
+    `TensorClampSte` (`ste_clamp`, straight through: weights). The scale may be a Python float
     (a power of two, exactly a float32): a 0-dim tensor and a Python scalar give the same products."""
     g_in = g * s
-    if not ctx.ste_clamp:  # where's pass-through: inside [lo, hi], or NaN
+    if not ste_clamp:  # where's pass-through: inside [lo, hi], or NaN
         g_in.mul_(torch.eq(r, q).logical_or_(torch.isnan(r)))
     # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape ();
     # sum(-a) == -sum(a) exactly, so the second term is subtracted
@@ -148,33 +152,48 @@ def _zero_point_is_zero(zero_point: torch.Tensor) -> None:
 _LN2 = 0.6931471805599453  # the constant of torch's log2 / pow backward formulas
 
 
+def _weight_quant_forward(w, t: float, m1: float, m2: float, lo: float, hi: float, ste_clamp: bool):
+    """Brevitas' `Int8WeightPerTensorFixedPoint`: scale (`StatsFromParameterScaling`, `AbsMax`, power
+    of two) s = clamp_min(2 ** ceil(log2(clamp_min(max|w|, m1))), m2) / t, then the integer
+    quantization. Returns (y, what `_weight_quant_backward` needs)."""
+    aw = torch.abs(w)
+    a = torch.max(aw)
+    c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
+    p, s = _pow2_scale(torch.log2(c).item(), m2, t)  # torch's float32 log2, as Brevitas
+    y, (y1, q, r) = _quant_forward(w, s, lo, hi, ste_clamp)
+    return y, (w, aw, a, y1, q, r, p, s, c.item(), t, ste_clamp)
+
+
+def _weight_quant_backward(g, saved):
+    """The direct gradient plus the one through the scale (ceil STE, log2, pow, max with ties
+    sharing it, abs), as autograd sums them for Brevitas."""
+    w, aw, a, y1, q, r, p, s, c, t, ste_clamp = saved
+    g_w, g_s = _quant_backward(g, s, y1, q, r, ste_clamp)
+    g_c = _pow2_scale_grad(g_s, p, t) / (_f32(c) * _f32(_LN2))  # log2's backward
+    at_max = torch.nonzero((aw == a).view(-1)).view(-1)  # max's backward: ties share the gradient
+    share = float(g_c / _f32(at_max.numel()))
+    g_w.view(-1).index_add_(0, at_max, w.view(-1)[at_max].sgn() * share)  # abs's backward: * sgn
+    return g_w
+
+
 class WeightQuant(torch.autograd.Function):
-    """Brevitas' `Int8WeightPerTensorFixedPoint` in one node: scale (`StatsFromParameterScaling`,
-    `AbsMax`, power of two) s = clamp_min(2 ** ceil(log2(clamp_min(max|w|, m1))), m2) / t, then
-    the integer quantization; backward: the direct gradient plus the one through the scale (ceil
-    STE, log2, pow, max with ties sharing it, abs), as autograd sums them for Brevitas."""
+    """`_weight_quant_forward` / `_weight_quant_backward` as one autograd node."""
 
     @staticmethod
     def forward(ctx, w, t: float, m1: float, m2: float, lo: float, hi: float, ste_clamp: bool):
-        aw = torch.abs(w)
-        a = torch.max(aw)
-        c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
-        p, s = _pow2_scale(torch.log2(c).item(), m2, t)  # torch's float32 log2, as Brevitas
-        y, (y1, q, r) = _quant_forward(ctx, w, s, lo, hi, ste_clamp)
-        ctx.save_for_backward(w, aw, a, y1, q, r)
-        ctx.scalars = (p, s, c.item(), t)
+        y, ctx.saved = _weight_quant_forward(w, t, m1, m2, lo, hi, ste_clamp)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        w, aw, a, y1, q, r = ctx.saved_tensors
-        p, s, c, t = ctx.scalars
-        g_w, g_s = _quant_backward(ctx, g, s, y1, q, r)
-        g_c = _pow2_scale_grad(g_s, p, t) / (_f32(c) * _f32(_LN2))  # log2's backward
-        at_max = torch.nonzero((aw == a).view(-1)).view(-1)  # max's backward: ties share the gradient
-        share = float(g_c / _f32(at_max.numel()))
-        g_w.view(-1).index_add_(0, at_max, w.view(-1)[at_max].sgn() * share)  # abs's backward: * sgn
-        return g_w, None, None, None, None, None, None
+        return _weight_quant_backward(g, ctx.saved), None, None, None, None, None, None
+
+
+def _learned_act_backward(g, saved):
+    """(gradient of x, float32 gradient of the learned `value`) of `LearnedActQuant`."""
+    y1, q, r, p, s, t, ste_clamp = saved
+    g_x, g_s = _quant_backward(g, s, y1, q, r, ste_clamp)
+    return g_x, _pow2_scale_grad(g_s, p, t)
 
 
 class LearnedActQuant(torch.autograd.Function):
@@ -184,17 +203,16 @@ class LearnedActQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, value, p: float, s: float, t: float, lo: float, hi: float, ste_clamp: bool):
-        y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
-        ctx.save_for_backward(y1, q, r)
-        ctx.scalars = (p, s, t, value.dtype, value.device, value.shape)
+        y, (y1, q, r) = _quant_forward(x, s, lo, hi, ste_clamp)
+        ctx.saved = (y1, q, r, p, s, t, ste_clamp)
+        ctx.like = (value.dtype, value.device, value.shape)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        y1, q, r = ctx.saved_tensors
-        p, s, t, dtype, device, shape = ctx.scalars
-        g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
-        g_v = torch.tensor(float(_pow2_scale_grad(g_s, p, t)), dtype=dtype, device=device).reshape(shape)
+        g_x, g_v = _learned_act_backward(g, ctx.saved)
+        dtype, device, shape = ctx.like
+        g_v = torch.tensor(float(g_v), dtype=dtype, device=device).reshape(shape)
         return g_x, g_v, None, None, None, None, None, None
 
 
@@ -208,15 +226,16 @@ class StatsActQuant(torch.autograd.Function):
         kth, idx = kthvalue(x.abs().view(-1), k)
         c = torch.clamp_min(kth + 0. * value, m)
         s = c / t
-        y, (y1, q, r) = _quant_forward(ctx, x, s, lo, hi, ste_clamp)
+        y, (y1, q, r) = _quant_forward(x, s, lo, hi, ste_clamp)
         ctx.save_for_backward(x, idx, t, s, y1, q, r)
+        ctx.ste_clamp = ste_clamp
         ctx.mark_non_differentiable(s, c)
         return y, s, c
 
     @staticmethod
     def backward(ctx, g, _s, _c):
         x, idx, t, s, y1, q, r = ctx.saved_tensors
-        g_x, g_s = _quant_backward(ctx, g, s, y1, q, r)
+        g_x, g_s = _quant_backward(g, s, y1, q, r, ctx.ste_clamp)
         g1 = g_s / t
         i = idx.view(1)  # kthvalue's backward puts the gradient at the k-th element, abs's multiplies by sgn
         flat = g_x.view(-1)
@@ -266,6 +285,17 @@ class _ActQuant:
         self.last_scale = s  # a 0-dim tensor or a float (for the tests)
         return y
 
+    def learned(self) -> bool:
+        """Training past the statistics steps: the scale is the learned `value`."""
+        return self.si.training and self.si.counter > self.si.collect_stats_steps
+
+    def learned_forward(self, x: torch.Tensor):
+        """`LearnedActQuant`'s forward without an autograd node: (y, what `_learned_act_backward` needs)."""
+        p, s = _pow2_scale(self.si.value.item(), self.clamp_min, self.threshold)
+        y, (y1, q, r) = _quant_forward(x, s, self.lo, self.hi, self.ste_clamp)
+        self.last_scale = s
+        return y, (y1, q, r, p, s, self.threshold, self.ste_clamp)
+
 
 class _WeightQuant:
     """Brevitas' `Int8WeightPerTensorFixedPoint` of a QuantLinear's weights."""
@@ -285,9 +315,12 @@ class _WeightQuant:
         self.clamp_min = ss.clamp_scaling.clamp_min_ste.min_val
         self.clamp_min_restricted = ss.restrict_clamp_scaling.clamp_ste.min_val
 
+    def args(self) -> tuple:
+        return (self.linear.weight, self.threshold, self.clamp_min, self.clamp_min_restricted,
+                self.lo, self.hi, self.ste_clamp)
+
     def __call__(self) -> torch.Tensor:
-        return WeightQuant.apply(self.linear.weight, self.threshold, self.clamp_min, self.clamp_min_restricted,
-                                 self.lo, self.hi, self.ste_clamp)
+        return WeightQuant.apply(*self.args())
 
 
 class FastPath:
@@ -311,11 +344,23 @@ class FastPath:
         self.add_requant = _ActQuant(m.add_requant) if m.add_requant is not None else None
         self.head_quant = _ActQuant(m.head_quant) if m.head_quant is not None else None
 
+        self.quants = [q for q in (self.add_quant, self.add_requant, self.head_quant) if q is not None]
+        self.params = [p for p in m.parameters() if p.requires_grad]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = x / m.input_div
+        if self.model.training and all(q.learned() for q in self.quants):
+            return _Network.apply(self, x, *self.params)
+        return self._autograd_forward(x)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            x = torch.clamp(torch.round(x / self.in_scale), self.in_lo, self.in_hi) * self.in_scale
+            x = x / self.model.input_div
+            return torch.clamp(torch.round(x / self.in_scale), self.in_lo, self.in_hi) * self.in_scale
+
+    def _autograd_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One autograd node per quantizer: the statistics steps, the switch to the learned scales, eval."""
+        m = self.model
+        x = self._input(x)
         h = x
         for blk in m.hidden:
             if blk.in_quant is not None:
@@ -333,3 +378,145 @@ class FastPath:
         else:
             h = self.head_quant(h)
         return F.linear(m.head_dropout(h), self.output_weight(), None)
+
+    # ---- the whole network as one autograd node (training with learned scales) -----------------
+    # The ops and their order are those autograd runs for `_autograd_forward`, written out:
+    # linear: y = x W^T (+ b), dW = g^T x, dx = g W, db = sum_0 g; dropout: noise = bernoulli(1 - p)
+    # / (1 - p), y = x * noise, dx = g * noise; batch-norm: aten's native_batch_norm and its
+    # backward. What it saves is one Python-level node's bookkeeping instead of ~60 (the step of a
+    # small model is mostly per-op overhead).
+
+    def _forward(self, x: torch.Tensor):
+        m = self.model
+        tape = {"blocks": []}
+        x = self._input(x)
+        h = x
+        for blk in m.hidden:
+            rec = {}
+            if blk.in_quant is not None:
+                rec["sign_in"] = h
+                h = _sign(h)
+            h, rec["noise"] = _dropout(blk.dropout, h)
+            w = blk.linear.weight
+            w.clamp_(-1.0, 1.0)  # Brevitas' InplaceTensorClampSte
+            rec["in"], rec["w"] = h, _sign(w)
+            h, rec["bn"] = _batch_norm(blk.bn, F.linear(h, rec["w"], blk.linear.bias))
+            tape["blocks"].append(rec)
+        sc = m.shortcut
+        if sc is not None:
+            s = sc.pool(x) if sc.pool is not None else x
+            if self.shortcut_weight is not None:
+                ws, tape["sc_wq"] = _weight_quant_forward(*self.shortcut_weight.args())
+            else:
+                ws = sc.linear.weight
+            tape["sc_in"], tape["sc_w"] = s, ws
+            s, tape["sc_bn"] = _batch_norm(sc.bn, F.linear(s, ws, sc.linear.bias))
+            a1, tape["aq_h"] = self.add_quant.learned_forward(h)
+            a2, tape["aq_s"] = self.add_quant.learned_forward(s)
+            h, tape["head_q"] = self.add_requant.learned_forward(a1 + a2)
+        else:
+            h, tape["head_q"] = self.head_quant.learned_forward(h)
+        h, tape["head_noise"] = _dropout(m.head_dropout, h)
+        wo, tape["out_wq"] = _weight_quant_forward(*self.output_weight.args())
+        tape["out_in"], tape["out_w"] = h, wo
+        return F.linear(h, wo, None), tape
+
+    def _backward(self, g: torch.Tensor, tape) -> dict:
+        """Gradients of the parameters (by id) from the logits' gradient `g`."""
+        m = self.model
+        grads = {}
+
+        def put(param, grad):
+            if param is not None and param.requires_grad:
+                grads[id(param)] = grad
+
+        put(m.output.weight, _weight_quant_backward(g.t().mm(tape["out_in"]), tape["out_wq"]))
+        g = g.mm(tape["out_w"])
+        if tape["head_noise"] is not None:
+            g = g * tape["head_noise"]
+        g, g_v = _learned_act_backward(g, tape["head_q"])
+        sc = m.shortcut
+        if sc is not None:
+            put(self.add_requant.si.value, g_v)
+            g_h, g_v1 = _learned_act_backward(g, tape["aq_h"])
+            g_s, g_v2 = _learned_act_backward(g, tape["aq_s"])
+            put(self.add_quant.si.value, g_v1 + g_v2)  # float32, as autograd sums the two uses
+            g_s = _batch_norm_backward(sc.bn, g_s, tape["sc_bn"], put)
+            put(sc.linear.bias, g_s.sum(0) if sc.linear.bias is not None else None)
+            g_ws = g_s.t().mm(tape["sc_in"])
+            put(sc.linear.weight, _weight_quant_backward(g_ws, tape["sc_wq"]) if "sc_wq" in tape else g_ws)
+            g = g_h
+        else:
+            put(self.head_quant.si.value, g_v)
+        for i in range(len(m.hidden) - 1, -1, -1):
+            blk, rec = m.hidden[i], tape["blocks"][i]
+            g = _batch_norm_backward(blk.bn, g, rec["bn"], put)
+            put(blk.linear.bias, g.sum(0) if blk.linear.bias is not None else None)
+            put(blk.linear.weight, g.t().mm(rec["in"]))  # the sign's straight-through gradient
+            if i == 0:
+                break
+            g = g.mm(rec["w"])
+            if rec["noise"] is not None:
+                g = g * rec["noise"]
+            if "sign_in" in rec:
+                g = _sign_backward(g, rec["sign_in"])
+        return grads
+
+
+def _dropout(module, x: torch.Tensor):
+    """nn.Dropout in training, as aten's CPU dropout computes it: (y, noise or None)."""
+    if not isinstance(module, torch.nn.Dropout) or module.p == 0:
+        return x, None
+    if module.p >= 1:
+        raise ValueError("fast path: dropout p >= 1")
+    noise = torch.empty_like(x).bernoulli_(1 - module.p)
+    noise.div_(1 - module.p)
+    return x * noise, noise
+
+
+def _batch_norm(bn, x: torch.Tensor):
+    """nn.BatchNorm1d's training forward (running statistics updated): (y, saved or None)."""
+    if not isinstance(bn, torch.nn.BatchNorm1d):
+        return x, None
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise ValueError("fast path: a batch-norm without running statistics")
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                                       True, momentum, bn.eps)
+    return y, (x, mean, invstd)
+
+
+def _batch_norm_backward(bn, g: torch.Tensor, saved, put) -> torch.Tensor:
+    if saved is None:
+        return g
+    x, mean, invstd = saved
+    gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+        g.contiguous(), x, bn.weight, bn.running_mean, bn.running_var, mean, invstd, True, bn.eps,
+        [True, bn.weight is not None, bn.bias is not None])
+    put(bn.weight, gw)
+    put(bn.bias, gb)
+    return gx
+
+
+class _Network(torch.autograd.Function):
+    """`FastPath._forward` / `_backward` as one autograd node over the model's parameters."""
+
+    @staticmethod
+    def forward(ctx, path, x, *params):
+        logits, ctx.tape = path._forward(x)
+        ctx.path = path
+        return logits
+
+    @staticmethod
+    def backward(ctx, g):
+        path = ctx.path
+        grads = path._backward(g, ctx.tape)
+        del ctx.tape
+        out = []
+        for p in path.params:
+            gp = grads.get(id(p))
+            if isinstance(gp, np.floating):  # a learned scale's float32 gradient
+                gp = torch.tensor(float(gp), dtype=p.dtype, device=p.device).reshape(p.shape)
+            out.append(gp)
+        return (None, None, *out)
