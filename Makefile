@@ -147,8 +147,8 @@ bench-cppsim: $(STAMP) ## the default mnist design and the search's choice throu
 bench-design: sim ## the default accelerator (DATASET/MODEL/option variables) against BNN-PYNQ's LFC and FINN's TFC -> docs/results/mnist-design.md
 	$(PY) -m bench.design --design default=$(run_dir) --board $(BOARD) --out docs/results/mnist-design.md
 
-bench-sweep: $(STAMP) ## the thesis sweeps (width 128: all 56; 128,88: a sample of 56) -> docs/results/mnist-sweep/
-	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) --out docs/results/mnist-sweep
+bench-sweep: $(STAMP) ## the thesis sweeps on the whole training set (width 128: all 56; 128,88: all 224; SAMPLE=N, LIMIT=N images), resumable -> docs/results/mnist-sweep/
+	$(PY) -m dse bench $(bench_args) $(if $(LIMIT),--limit $(LIMIT)) $(if $(SAMPLE),--sample $(SAMPLE)) --out docs/results/mnist-sweep
 
 bench-search: $(STAMP) ## the MNIST search for the Z2 at 1M fps (widths 64-256, 2/4/8-bit input and shortcut) -> docs/results/mnist-z2-search/
 	$(PY) -m dse search --dataset mnist --board Pynq-Z2 --target-fps 1e6 $(bench_args) --report docs/results/mnist-z2-search

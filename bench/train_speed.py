@@ -115,6 +115,7 @@ def _report(rows, epochs, args) -> str:
              "**float** = the float baseline of the same widths; **float, binary's topology** = the float "
              "model with the binary model's dropout, batch-norm and shortcut layers and no quantizer, i.e. "
              "the part of the gap that is the binary model's extra layers, not quantization.", "",
+             "Optimizer: the trainer's own (`train.fitting.make_optimizer`: Adam, foreach), lr 1e-3.", "",
              "## One Adam step (steps/s; time ratio to the float model)", "",
              "| batch | path | model | steps/s (wall) | x float (wall) | steps/s (CPU time) | x float (CPU) |",
              "|---|---|---|---|---|---|---|"]
@@ -124,6 +125,15 @@ def _report(rows, epochs, args) -> str:
             lines.append(f"| {batch} | {r['path']} | `{r['model']}` | {r['steps_per_s']:.0f} | "
                          f"{ref['steps_per_s'] / r['steps_per_s']:.2f} | {r['steps_per_cpu_s']:.0f} | "
                          f"{ref['steps_per_cpu_s'] / r['steps_per_cpu_s']:.2f} |")
+    lines += ["", "## The goal: binary at most 2.0x the float model's step time (CPU-time ratios)", ""]
+    for batch in sorted({r["batch"] for r in rows}):
+        by = {r["path"]: r["steps_per_cpu_s"] for r in rows if r["batch"] == batch}
+        if not {"float", "binary fast", "float, binary's topology"} <= by.keys():
+            continue
+        fast, twin = by["float"] / by["binary fast"], by["float"] / by["float, binary's topology"]
+        lines.append(f"- batch {batch}: binary fast **{fast:.2f}x** ({'met' if fast <= 2.0 else 'not met'}); "
+                     f"the float model with the binary model's layers and no quantizer alone is {twin:.2f}x, "
+                     f"so the quantizers add {fast / twin:.2f}x on top of the topology.")
     if epochs:
         ref = next((e for e in epochs if e["model"].startswith("F-")), None)
         lines += ["", "## One epoch end to end (`python -m train --recipe thesis --epochs 1`, real MNIST)", "",

@@ -139,7 +139,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """The benchmark sweeps: all 1-layer variants and a seeded sample of the 2-layer ones, then the report."""
+    """The benchmark sweeps: all variants of --widths1 and of --widths2 (or a seeded sample of the
+    latter), then the report."""
     from dse.report import write_report
     from dse.plan import parse_widths
     from dse.sweep import default_sweep_dir, run_sweep
@@ -287,14 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--quiet", action="store_true")
     z.set_defaults(fn=cmd_search)
 
-    b = sub.add_parser("bench", help="the benchmark: full 1-layer sweep + 2-layer sample, timed, with report",
-                       description="Full sweep of --widths1 (56 variants for one layer) and a seeded sample of "
-                       "--sample variants of --widths2, thesis recipe by default; writes bench.json (wall time, "
-                       "variants/hour) and the report into --out. Resumable like `sweep`.")
+    b = sub.add_parser("bench", help="the benchmark: the thesis's two sweeps, timed, with report",
+                       description="Full sweeps of --widths1 (56 variants for one layer) and --widths2 (224 for "
+                       "two; --sample N: a seeded sample of N), thesis recipe and the whole training set by "
+                       "default; writes bench.json (wall time, variants/hour) and the report into --out. "
+                       "Resumable like `sweep`: run it again after an interruption.")
     b.add_argument("--dataset", default="mnist")
     b.add_argument("--widths1", default="128", type=_widths_text)
     b.add_argument("--widths2", default="128,88", type=_widths_text)
-    b.add_argument("--sample", type=positive_int, default=56)
+    b.add_argument("--sample", type=positive_int, help="a seeded sample of this many --widths2 variants "
+                   "(default: all)")
     b.add_argument("--recipe", default="thesis")
     b.add_argument("--epochs", type=positive_int)
     b.add_argument("--limit", type=positive_int, help="training examples per variant (default: all)")
