@@ -108,7 +108,7 @@ def _report(rows, epochs, args) -> str:
     lines = ["# Training speed: binary (fast path, Brevitas) vs float", "",
              f"Written by `python -m bench.train_speed` ({' '.join(sys.argv[1:]) or 'defaults'}); "
              f"torch threads: {args.threads}; {args.reps} interleaved repetitions of {args.steps} steps "
-             f"after {args.warmup} warm-up steps; medians. The machine was shared: absolute numbers are "
+             f"after {args.warmup} warm-up steps; medians. On a shared machine absolute numbers are "
              "noisy, the ratios (time per step relative to the float model, measured side by side) count.", "",
              "Paths: **binary fast** = `train.fast_model` (the default trainer of binary models, Brevitas' "
              "arithmetic bit for bit); **binary brevitas** = the Brevitas modules (`--trainer brevitas`); "

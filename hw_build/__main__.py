@@ -34,7 +34,7 @@ def _target(text: str) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from train.cli_types import add_option_args, add_val_arg
+    from train.cli_types import add_option_args, add_threads_arg, add_val_arg
     from train.recipes import RECIPES
 
     src = p.add_argument_group("which trained run")
@@ -49,6 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
     add_option_args(src)
     add_val_arg(src)
+    add_threads_arg(src)
     src.add_argument("--force", action="store_true", help="with --dataset: retrain even if the run folder "
                      "holds another or an unfinished run (make: FORCE=1)")
     hw = p.add_argument_group("hardware")
@@ -130,7 +131,7 @@ def resolve_run(args) -> Path:
         if not run.is_dir():
             raise BuildError(f"{run}: no such run folder")
         return ensure_exported(run)
-    from train.cli_types import options_from_args
+    from train.cli_types import apply_threads, options_from_args
     from train.spec import ModelSpec
 
     spec = ModelSpec.parse(args.model or DEFAULT_MODEL)
@@ -147,6 +148,7 @@ def resolve_run(args) -> Path:
         kw["recipe"] = args.recipe
     # reuses a finished run only if it is this one (data, recipe, epochs, seed, options), else
     # refuses; resumes an interrupted one
+    apply_threads(args.threads)
     train_run(args.dataset, spec, resume=True, **kw)
     return ensure_exported(run_folder(args.dataset, spec, options, args.run, val=args.val))
 

@@ -528,3 +528,15 @@ def test_pareto_names_lower_bit_shortcuts_as_a_deviation(tmp_path, capsys):
     # the report's board section names the deviation of every such design it lists
     text = write_report([tmp_path / "s"], tmp_path / "rep").read_text()
     assert "| deviation |" in text and "4-bit shortcut weights" in text
+
+
+def test_bench_runs_the_thesis_sweeps_whole_by_default():
+    """`make bench-sweep`: all 56 one-layer and all 224 two-layer variants (the plain binary model
+    among them) + the float baseline, on the whole training set, unless SAMPLE / LIMIT ask for less."""
+    from dse.__main__ import build_parser
+
+    args = build_parser().parse_args(["bench"])
+    assert args.sample is None and args.limit is None and args.recipe == "thesis"
+    assert len(plan(MNIST_INFO, args.widths1)) == 56 + 1
+    assert len(plan(MNIST_INFO, args.widths2)) == 224 + 1
+    assert build_parser().parse_args(["bench", "--sample", "56"]).sample == 56

@@ -161,6 +161,9 @@ def test_cli_trains_and_reports_errors_in_one_line(mnist_dir, tmp_path):
     assert "test accuracy" in r.stdout
     run = tmp_path / "runs" / "mnist" / "B-16N_QN"
     assert json.loads((run / "metrics.json").read_text())["test_acc"] > 0.5
+    # the CLI fixes torch's thread count (not the machine's core count) and records it
+    from train.cli_types import TRAIN_THREADS
+    assert json.loads((run / "config.json").read_text())["threads"] == TRAIN_THREADS
     bad = subprocess.run(cmd[:8] + ["B-16N,X"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown layer token 'X'" in bad.stderr
     size = subprocess.run([sys.executable, "-m", "train", "size", "B-128", "--inputs", "784", "--outputs", "10"],

@@ -40,7 +40,7 @@ def main_size(argv) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.cli_types import add_option_args, add_val_arg, positive_int, seed_int
+    from train.cli_types import add_option_args, add_threads_arg, add_val_arg, positive_int, seed_int
     from train.recipes import DEFAULT_RECIPE, RECIPES
     p = argparse.ArgumentParser(
         prog="python -m train",
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", default="fast", choices=("fast", "brevitas"),
                    help="binary models: step with train.fast_model (Brevitas' arithmetic, bit for bit, "
                         "2-3x faster) or through the Brevitas modules (same run, for comparison)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (small models: 1-2 is fastest)")
+    add_threads_arg(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last epoch (make: RESUME=1)")
     p.add_argument("--force", action="store_true",
@@ -82,11 +82,9 @@ def main(argv=None) -> int:
         return main_variants(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        from train.cli_types import options_from_args
+        from train.cli_types import apply_threads, options_from_args
         from train.trainer import train_run
-        if args.threads:
-            import torch
-            torch.set_num_threads(args.threads)
+        apply_threads(args.threads)
         options = options_from_args(args)
         if args.print_run_dir:
             from train.spec import ModelSpec

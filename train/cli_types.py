@@ -115,3 +115,20 @@ def add_val_arg(p) -> None:
     p.add_argument("--val", help="validation split: a count (5000) or a share (0.1, 10%%) of the training "
                                  "examples (default: 10,000 for mnist/cifar10/imdb and user sets of >= 50,000, "
                                  "1,000 for reuters, else 10 %%; an npz's x_val/y_val when it has them)")
+
+
+# torch's float sums depend on its thread count (measured: 200 Adam steps of F-256N,176N,176N end
+# in other weights with 1 and with 2 threads, and the same with the same count); the CLIs fix it
+# (not torch's default, the machine's core count) so that the same command gives the same run on
+# every machine. config.json records it.
+TRAIN_THREADS = 2
+
+
+def add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=int_range(1, 256), default=TRAIN_THREADS,
+                   help=f"CPU threads for torch (default {TRAIN_THREADS}; the result depends on it)")
+
+
+def apply_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)

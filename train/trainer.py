@@ -223,6 +223,7 @@ def train_run(dataset, model, *, recipe="strong", epochs=None, options: ModelOpt
               "limit_train": limit_train, "val": val, "n_val": len(ds.y_val), "data_dir": str(data_dir) if data_dir is not None else None,
               "n_inputs": ds.n_inputs, "n_outputs": ds.n_outputs, "input_max": ds.input_max,
               "image_shape": list(ds.image_shape) if ds.image_shape is not None else None,
+              "threads": torch.get_num_threads(),  # the float sums depend on it (train.cli_types)
               "versions": _versions()}
     with training_lock(run):
         return _train_locked(spec, rec, ds, run, dev, config, options=options, seed=seed, resume=resume,
