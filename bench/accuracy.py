@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from train.cli_types import positive_int, seed_int
+from train.cli_types import add_threads_arg, apply_threads, positive_int, seed_int
 from train.runs import runs_root
 from train.spec import ModelSpec
 from train.trainer import train_run
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=seed_int, default=0)
     ap.add_argument("--models", default=";".join(MODELS), help="';'-separated model names")
     ap.add_argument("--data-dir", default=None)
+    add_threads_arg(ap)
     ap.add_argument("--out", type=Path, default=Path("docs/results/mnist-accuracy.md"))
     ap.add_argument("--list-runs", metavar="WHICH",
                     help="print the run folders of 'binary' (the six binary models) or of one model name, "
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
         print(" ".join(str(bench_run_dir(m, args.recipe, args.epochs, args.seed)) for m in pick))
         return 0
     command = "python -m bench.accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    apply_threads(args.threads)  # the same runs as `python -m train` makes
     t0 = time.perf_counter()
     rows = run(models, args.recipe, args.epochs, args.seed, args.data_dir)
     text = markdown(rows, command, time.perf_counter() - t0)
