@@ -63,17 +63,21 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
            "Sizes: `thesis size` in the thesis's Keras/Larq accounting, `rel. size` against the float "
            "model of the same widths, `deployed` the bits the accelerator stores (binary and 8-bit weights, "
            "integer thresholds).", "",
-           "| model | recipe | epochs | test acc | thesis acc | diff | thesis size KiB | rel. size | "
+           "`teacher val` is the validation accuracy of the float teacher the strong recipe distils from "
+           "(2x the widths, batch-norm on every layer; cached per width set).", "",
+           "| model | recipe | epochs | test acc | thesis acc | diff | teacher val | thesis size KiB | rel. size | "
            "deployed KiB | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rows:
         th = THESIS.get(m["model"])
         diff = f"{m['test_acc'] - th:+.4f}" if th is not None else ""
         size = f"{m['thesis_size_kib']:.2f}" if m.get("thesis_size_kib") is not None else ""
         rel = f"{m['relative_size']:.2f}" if m.get("relative_size") is not None else ""
         dep = f"{m['deployed_size_kib']:.2f}" if m.get("fpga_able") else "(not deployable)"
+        teacher = f"{m['teacher_val_acc']:.4f}" if m.get("teacher_val_acc") is not None else ""
         out.append(f"| `{m['model']}` | {m['recipe']} | {m['epochs']} | {m['test_acc']:.4f} | "
-                   f"{'' if th is None else f'{th:.4f}'} | {diff} | {size} | {rel} | {dep} | {m['seconds']:.0f} |")
+                   f"{'' if th is None else f'{th:.4f}'} | {diff} | {teacher} | {size} | {rel} | {dep} | "
+                   f"{m['seconds']:.0f} |")
     three = [m for m in rows if m["model"].startswith("B-") and ModelSpec.parse(m["model"]).n_hidden == 3]
     if three:
         best = max(three, key=lambda m: m["test_acc"])
