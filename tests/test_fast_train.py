@@ -206,3 +206,81 @@ def test_foreach_optimizer_is_the_per_parameter_loop_bit_for_bit(kind, images):
 def test_fast_path_refuses_float_models():
     with pytest.raises(ValueError, match="binary models"):
         FastPath(build_model("F-16", 784, 10))
+
+
+def _special(shape, seed):
+    """Random floats of several magnitudes with zeros of both signs, +-inf, NaN and exact .5 ties."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.tensor([1e-3, 0.5, 1.0, 3.0, 300.0])[
+        torch.randint(0, 5, shape, generator=g)]
+    flat = x.view(-1)
+    picks = torch.randperm(flat.numel(), generator=g)[:60]
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 0.5, -0.5, 1.5, 2.5, -2.5,
+                             1.0, -1.0, 127.5, -128.5, 1e30, -1e30])
+    flat[picks] = specials[torch.arange(60) % len(specials)]
+    return x
+
+
+def test_fused_loops_are_the_torch_ops_bit_for_bit():
+    """train.fast_kernels: each C loop against its torch op sequence (the reference, and the GPU path),
+    on values with every special case; equal also in NaN positions."""
+    from train import fast_kernels as K
+
+    def same(a, b):
+        assert a.shape == b.shape and torch.equal(torch.isnan(a), torch.isnan(b))
+        assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
+
+    for seed in range(3):
+        x, g, noise = _special((37, 91), seed), _special((37, 91), seed + 10), _special((37, 91), seed + 20)
+        same(K.sign(x), K._torch_sign(x))
+        w1, w2 = x.clone(), x.clone()
+        same(K.clamp_sign_(w1), K._torch_sign(w2.clamp_(-1.0, 1.0)))
+        same(w1, w2)
+        for nz in (None, noise):
+            same(K.sign_backward(g, x, nz), K._torch_sign_backward(g, nz, x))
+        for s, lo, hi in ((0.25, -128.0, 127.0), (1 / 64, 0.0, 15.0), (3.0, -8.0, 7.0)):
+            for b in (None, g):
+                for ste in (False, True):
+                    y, (y1, q, m) = K.quant_forward(x, s, lo, hi, ste, b)
+                    ry, ry1, rq, rm = K._torch_quant_forward(x, b, s, lo, hi, not ste)
+                    for a, r in ((y, ry), (y1, ry1), (q, rq)):
+                        same(a, r)
+                    assert (m is None) == ste and (ste or torch.equal(m.bool(), rm))
+                    for nz in (None, noise):
+                        gx, gs = K.quant_backward(g, s, (y1, q, m), nz)
+                        rgx, rgq, rt = K._torch_quant_backward(g, nz, s, ry1, rq, rm)
+                        same(gx, rgx)
+                        same(gs, rgq.sum_to_size(()) - rt.sum_to_size(()))
+        torch.manual_seed(seed)
+        y, n1 = K.dropout(x, 0.3)
+        torch.manual_seed(seed)
+        n2 = torch.empty_like(x).bernoulli_(0.7).div_(0.7)
+        same(n1, n2)
+        same(y, x * n2)
+        same(K.input_quant(x.abs() * 100, 256.0, torch.tensor(1 / 16), 0.0, 15.0),
+             torch.clamp(torch.round((x.abs() * 100 / 256.0) / torch.tensor(1 / 16)), 0.0, 15.0) * torch.tensor(1 / 16))
+        fin = torch.nan_to_num(x, nan=0.0, posinf=2.0, neginf=-2.0).clamp_(-900.0, 900.0)  # ties at the max
+        a, ties = K.absmax(fin)
+        assert float(a) == float(fin.abs().max()) == 900.0
+        assert ties == int((fin.abs() == 900.0).sum()) and ties > 1
+        g1, g2 = g.clone(), g.clone()
+        K.add_at_absmax_(g1, fin, a, 0.375)
+        at = torch.nonzero((fin.abs() == a).view(-1)).view(-1)
+        g2.view(-1).index_add_(0, at, fin.view(-1)[at].sgn() * 0.375)
+        same(g1, g2)
+        a, ties = K.absmax(x)  # a NaN: nothing reaches it, as torch.max
+        assert torch.isnan(a) and ties == 0
+
+
+def test_missing_compiler_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch, capsys):
+    """Without a C++ compiler the fast trainer stops with a one-line error naming it (and the way out)."""
+    from train import __main__ as cli
+    from train import fast_kernels as K
+
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    rc = cli.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--model", "B-D24N,QN,D", "--epochs", "1",
+                   "--limit", "64", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "'no-such-compiler' not found" in err[0] and "--trainer brevitas" in err[0]

@@ -3,7 +3,8 @@
 A small model's Brevitas step is mostly overhead (proxies, QuantTensor wrappers, ~160 nested
 module calls, scalar scale graphs of a dozen nodes, `torch.where` clamps, which this CPU build
 runs ~20x slower than arithmetic). `FastPath(model)` computes the SAME model's logits from the
-model's own parameters, quantizer state and modules, in plain torch ops:
+model's own parameters, quantizer state and modules, in plain torch ops and the fused elementwise
+loops of `train.fast_kernels` (C, compiled once per machine; bit for bit the torch ops they replace):
 
 - input quantizer: clamp(round(x / s), 0, 2^b - 1) * s (Brevitas' `IntQuant`), with the constant
   scale s read once from Brevitas' quantizer; no gradient needed;
@@ -45,9 +46,9 @@ import torch.nn.functional as F
 
 from brevitas.nn import QuantLinear
 
+from train import fast_kernels as K
 from train.fast_quant import (ActQuantizer, SignSTE, WeightQuantizer, binary_weight, check_zero_point,
-                              learned_act_backward, sign, sign_backward, weight_quant_backward,
-                              weight_quant_forward)
+                              learned_act_backward, weight_quant_backward, weight_quant_forward)
 
 
 class FastPath:
@@ -59,6 +60,8 @@ class FastPath:
         if not model.binary:
             raise ValueError("FastPath is for binary models; a float model is plain torch already")
         self.model = m = model
+        if m.output.weight.device.type == "cpu":
+            K.library()  # compiled now (once per machine), not in the middle of the first epoch
         tq = m.input_quant.act_quant.fused_activation_quant_proxy.tensor_quant
         with torch.no_grad():
             _, self.in_scale, zero_point, bw = tq(torch.zeros(1, device=m.output.weight.device))
@@ -81,8 +84,7 @@ class FastPath:
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            x = x / self.model.input_div
-            return torch.clamp(torch.round(x / self.in_scale), self.in_lo, self.in_hi) * self.in_scale
+            return K.input_quant(x, self.model.input_div, self.in_scale, self.in_lo, self.in_hi)
 
     def _autograd_forward(self, x: torch.Tensor) -> torch.Tensor:
         """One autograd node per quantizer: the statistics steps, the switch to the learned scales, eval."""
@@ -122,11 +124,9 @@ class FastPath:
             rec = {}
             if blk.in_quant is not None:
                 rec["sign_in"] = h
-                h = sign(h)
+                h = K.sign(h)
             h, rec["noise"] = _dropout(blk.dropout, h)
-            w = blk.linear.weight
-            w.clamp_(-1.0, 1.0)  # Brevitas' InplaceTensorClampSte
-            rec["in"], rec["w"] = h, sign(w)
+            rec["in"], rec["w"] = h, K.clamp_sign_(blk.linear.weight)  # Brevitas' InplaceTensorClampSte, sign
             h, rec["bn"] = _batch_norm(blk.bn, F.linear(h, rec["w"], blk.linear.bias))
             tape["blocks"].append(rec)
         sc = m.shortcut
@@ -140,7 +140,7 @@ class FastPath:
             s, tape["sc_bn"] = _batch_norm(sc.bn, F.linear(s, ws, sc.linear.bias))
             a1, tape["aq_h"] = self.add_quant.learned_forward(h)
             a2, tape["aq_s"] = self.add_quant.learned_forward(s)
-            h, tape["head_q"] = self.add_requant.learned_forward(a1 + a2)
+            h, tape["head_q"] = self.add_requant.learned_forward(a1, a2)  # of a1 + a2
         else:
             h, tape["head_q"] = self.head_quant.learned_forward(h)
         h, tape["head_noise"] = _dropout(m.head_dropout, h)
@@ -158,10 +158,7 @@ class FastPath:
                 grads[id(param)] = grad
 
         put(m.output.weight, weight_quant_backward(g.t().mm(tape["out_in"]), tape["out_wq"]))
-        g = g.mm(tape["out_w"])
-        if tape["head_noise"] is not None:
-            g = g * tape["head_noise"]
-        g, g_v = learned_act_backward(g, tape["head_q"])
+        g, g_v = learned_act_backward(g.mm(tape["out_w"]), tape["head_q"], tape["head_noise"])
         sc = m.shortcut
         if sc is not None:
             put(self.add_requant.si.value, g_v)
@@ -183,10 +180,10 @@ class FastPath:
             if i == 0:
                 break
             g = g.mm(rec["w"])
-            if rec["noise"] is not None:
-                g = g * rec["noise"]
             if "sign_in" in rec:
-                g = sign_backward(g, rec["sign_in"])
+                g = K.sign_backward(g, rec["sign_in"], rec["noise"])  # of g * noise
+            elif rec["noise"] is not None:
+                g = g * rec["noise"]
         return grads
 
 
@@ -196,9 +193,7 @@ def _dropout(module, x: torch.Tensor):
         return x, None
     if module.p >= 1:
         raise ValueError("fast path: dropout p >= 1")
-    noise = torch.empty_like(x).bernoulli_(1 - module.p)
-    noise.div_(1 - module.p)
-    return x * noise, noise
+    return K.dropout(x, module.p)
 
 
 def _batch_norm(bn, x: torch.Tensor):

@@ -1,4 +1,5 @@
-"""Brevitas' quantizers of a binary `ResBinMLP` in plain torch ops, for `train.fast_model`.
+"""Brevitas' quantizers of a binary `ResBinMLP` in plain torch ops and `train.fast_kernels`' fused
+loops, for `train.fast_model`.
 
 Each function or autograd node computes what Brevitas computes, op for op, from Brevitas' own
 state (see `train.fast_model` for the whole picture and the two sign-of-zero differences):
@@ -20,16 +21,7 @@ from brevitas.core.utils import inplace_momentum_update, inplace_tensor_mul
 from brevitas.nn import QuantLinear
 from brevitas.utils.torch_utils import kthvalue
 
-
-def sign(x: torch.Tensor) -> torch.Tensor:
-    """Brevitas' `binary_sign`: +1 where x >= 0 (also -0.0), else -1 (also NaN); without bool tensors."""
-    return torch.nan_to_num(x, nan=-1.0).sign_().add_(0.5).sign_()
-
-
-def sign_backward(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Sign activation's gradient: passed where -1 <= x <= 1 (or x is NaN), +0.0 elsewhere."""
-    outside = torch.sign(torch.relu(x.abs() - 1.0)).nan_to_num_(0.0)  # 1 where |x| > 1
-    return g * (1.0 - outside) + 0.0  # + 0.0: torch.where's +0.0, not -0.0
+from train.fast_kernels import absmax, add_at_absmax_, quant_backward, quant_forward, sign, sign_backward
 
 
 class SignSTE(torch.autograd.Function):
@@ -62,32 +54,6 @@ def binary_weight(weight: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():  # Brevitas' InplaceTensorClampSte clamps the parameter itself
         weight.clamp_(-1.0, 1.0)
     return BinaryWeightSTE.apply(weight)
-
-
-def _quant_forward(x, s, lo: float, hi: float, ste_clamp: bool):
-    """Brevitas' `IntQuant` with zero point 0: clamp(round(x / s), lo, hi) * s. (Brevitas adds and
-    subtracts the zero point 0, which only turns a -0.0 into +0.0.) Returns (y, (y1, q, r))."""
-    y1 = x / s
-    if ste_clamp:  # the backward needs no clamp mask: round and clamp in place
-        q = torch.round(y1).clamp_(lo, hi)
-        return q * s, (y1, q, q)
-    r = torch.round(y1)
-    q = torch.clamp(r, lo, hi)
-    return q * s, (y1, q, r)
-
-
-def _quant_backward(g, s, y1, q, r, ste_clamp: bool):
-    """The gradients autograd computes through Brevitas' div, round STE, clamp and mul: (of x, of
-    the 0-dim scale s). The clamp is `TensorClamp` (no gradient where clamped: activations) or
-    `TensorClampSte` (`ste_clamp`, straight through: weights). The scale may be a Python float
-    (a power of two, exactly a float32): a 0-dim tensor and a Python scalar give the same products."""
-    g_in = g * s
-    if not ste_clamp:  # where's pass-through: inside [lo, hi], or NaN
-        g_in.mul_(torch.eq(r, q).logical_or_(torch.isnan(r)))
-    # mul backward (grad * q) + div backward (-grad * ((x / s) / s)), each summed to s's shape ();
-    # sum(-a) == -sum(a) exactly, so the second term is subtracted
-    g_s = (g * q).sum_to_size(()) - (y1 / s).mul_(g_in).sum_to_size(())
-    return g_in / s, g_s
 
 
 def _f32(x) -> np.float32:
@@ -132,23 +98,22 @@ def weight_quant_forward(w, t: float, m1: float, m2: float, lo: float, hi: float
     """Brevitas' `Int8WeightPerTensorFixedPoint`: scale (`StatsFromParameterScaling`, `AbsMax`, power
     of two) s = clamp_min(2 ** ceil(log2(clamp_min(max|w|, m1))), m2) / t, then the integer
     quantization. Returns (y, what `weight_quant_backward` needs)."""
-    aw = torch.abs(w)
-    a = torch.max(aw)
+    a, ties = absmax(w)
     c = torch.clamp_min(a, m1)  # = ScalarSignedClampMinSte on a >= 0
     p, s = _pow2_scale(torch.log2(c).item(), m2, t)  # torch's float32 log2, as Brevitas
-    y, (y1, q, r) = _quant_forward(w, s, lo, hi, ste_clamp)
-    return y, (w, aw, a, y1, q, r, p, s, c.item(), t, ste_clamp)
+    y, saved = quant_forward(w, s, lo, hi, ste_clamp)
+    return y, (w, a, ties, saved, p, s, c.item(), t)
 
 
 def weight_quant_backward(g, saved):
     """The direct gradient plus the one through the scale (ceil STE, log2, pow, max with ties
     sharing it, abs), as autograd sums them for Brevitas."""
-    w, aw, a, y1, q, r, p, s, c, t, ste_clamp = saved
-    g_w, g_s = _quant_backward(g, s, y1, q, r, ste_clamp)
+    w, a, ties, qsaved, p, s, c, t = saved
+    g_w, g_s = quant_backward(g, s, qsaved)
     g_c = _pow2_scale_grad(g_s, p, t) / (_f32(c) * _f32(_LN2))  # log2's backward
-    at_max = torch.nonzero((aw == a).view(-1)).view(-1)  # max's backward: ties share the gradient
-    share = float(g_c / _f32(at_max.numel()))
-    g_w.view(-1).index_add_(0, at_max, w.view(-1)[at_max].sgn() * share)  # abs's backward: * sgn
+    with np.errstate(divide="ignore", invalid="ignore"):  # no ties: a NaN max (a diverged run)
+        share = float(g_c / _f32(ties))  # max's backward: ties share the gradient
+    add_at_absmax_(g_w, w, a, share)  # abs's backward: * sgn
     return g_w
 
 
@@ -165,10 +130,11 @@ class WeightQuant(torch.autograd.Function):
         return weight_quant_backward(g, ctx.saved), None, None, None, None, None, None
 
 
-def learned_act_backward(g, saved):
-    """(gradient of x, float32 gradient of the learned `value`) of `LearnedActQuant`."""
-    y1, q, r, p, s, t, ste_clamp = saved
-    g_x, g_s = _quant_backward(g, s, y1, q, r, ste_clamp)
+def learned_act_backward(g, saved, noise=None):
+    """(gradient of x, float32 gradient of the learned `value`) of `LearnedActQuant` (of
+    `g * noise` if a dropout mask comes after it)."""
+    qsaved, p, s, t = saved
+    g_x, g_s = quant_backward(g, s, qsaved, noise)
     return g_x, _pow2_scale_grad(g_s, p, t)
 
 
@@ -179,8 +145,8 @@ class LearnedActQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, value, p: float, s: float, t: float, lo: float, hi: float, ste_clamp: bool):
-        y, (y1, q, r) = _quant_forward(x, s, lo, hi, ste_clamp)
-        ctx.saved = (y1, q, r, p, s, t, ste_clamp)
+        y, saved = quant_forward(x, s, lo, hi, ste_clamp)
+        ctx.saved = (saved, p, s, t)
         ctx.like = (value.dtype, value.device, value.shape)
         return y
 
@@ -202,16 +168,15 @@ class StatsActQuant(torch.autograd.Function):
         kth, idx = kthvalue(x.abs().view(-1), k)
         c = torch.clamp_min(kth + 0. * value, m)
         s = c / t
-        y, (y1, q, r) = _quant_forward(x, s, lo, hi, ste_clamp)
-        ctx.save_for_backward(x, idx, t, s, y1, q, r)
-        ctx.ste_clamp = ste_clamp
+        y, (y1, q, m) = quant_forward(x, float(s), lo, hi, ste_clamp)
+        ctx.save_for_backward(x, idx, t, s, y1, q, m)
         ctx.mark_non_differentiable(s, c)
         return y, s, c
 
     @staticmethod
     def backward(ctx, g, _s, _c):
-        x, idx, t, s, y1, q, r = ctx.saved_tensors
-        g_x, g_s = _quant_backward(g, s, y1, q, r, ctx.ste_clamp)
+        x, idx, t, s, y1, q, m = ctx.saved_tensors
+        g_x, g_s = quant_backward(g, float(s), (y1, q, m))
         g1 = g_s / t
         i = idx.view(1)  # kthvalue's backward puts the gradient at the k-th element, abs's multiplies by sgn
         flat = g_x.view(-1)
@@ -265,12 +230,13 @@ class ActQuantizer:
         """Training past the statistics steps: the scale is the learned `value`."""
         return self.si.training and self.si.counter > self.si.collect_stats_steps
 
-    def learned_forward(self, x: torch.Tensor):
-        """`LearnedActQuant`'s forward without an autograd node: (y, what `learned_act_backward` needs)."""
+    def learned_forward(self, x: torch.Tensor, b: torch.Tensor | None = None):
+        """`LearnedActQuant`'s forward (of x, or of x + b) without an autograd node: (y, what
+        `learned_act_backward` needs)."""
         p, s = _pow2_scale(self.si.value.item(), self.clamp_min, self.threshold)
-        y, (y1, q, r) = _quant_forward(x, s, self.lo, self.hi, self.ste_clamp)
+        y, saved = quant_forward(x, s, self.lo, self.hi, self.ste_clamp, b)
         self.last_scale = s
-        return y, (y1, q, r, p, s, self.threshold, self.ste_clamp)
+        return y, (saved, p, s, self.threshold)
 
 
 class WeightQuantizer:
