@@ -284,3 +284,38 @@ def test_missing_compiler_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch, 
                    "--limit", "64", "--run-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "'no-such-compiler' not found" in err[0] and "--trainer brevitas" in err[0]
+
+
+@pytest.mark.parametrize("n", [1, 311, 624, 625, 2000, 100352])
+def test_dropout_draws_torchs_own_random_numbers(n):
+    """The fast dropout reproduces torch's CPU bernoulli_ stream (serial MT19937 kernel) bit for bit,
+    across the generator's twists, and leaves the generator where torch leaves it."""
+    from train import fast_kernels as K
+
+    if not K.serial_bernoulli():
+        pytest.skip("torch draws bernoulli_ with MKL here (an Intel CPU); the fast path uses torch's own")
+    for pre in (0, 1, 623, 1000):  # where in the engine's 624-word block the draw starts
+        torch.manual_seed(n + pre)
+        torch.rand(pre)
+        start = torch.get_rng_state()
+        x = torch.randn(n)
+        y, noise = K.dropout(x, 0.3)
+        after = torch.rand(5)
+        torch.set_rng_state(start)
+        x2 = torch.randn(n)
+        ref = torch.empty_like(x2).bernoulli_(0.7).div_(0.7)
+        assert torch.equal(noise, ref) and torch.equal(y, x2 * ref) and torch.equal(after, torch.rand(5))
+
+
+def test_dropout_falls_back_to_torch_where_its_stream_differs(monkeypatch):
+    """Where torch's bernoulli_ is not the serial kernel (MKL on Intel CPUs), dropout draws with torch."""
+    from train import fast_kernels as K
+
+    monkeypatch.setattr(K, "_serial", False)
+    torch.manual_seed(5)
+    x = torch.randn(40, 30)
+    y, noise = K.dropout(x, 0.25)
+    torch.manual_seed(5)
+    x2 = torch.randn(40, 30)
+    ref = torch.empty_like(x2).bernoulli_(0.75).div_(0.75)
+    assert torch.equal(noise, ref) and torch.equal(y, x2 * ref)

@@ -154,3 +154,94 @@ EXPORT void rb_add_at_absmax(float *R gx, const float *R w, float a, float share
     gx[i] = abs_bits(v) == ab ? add : gx[i];
   }
 }
+
+/* ---- dropout with torch's own random numbers ---------------------------------------------
+ * torch's CPU bernoulli_(p) with the default generator, where it runs its serial kernel (not
+ * the MKL one): per element, in order, u = (random64() & (2^53 - 1)) * 2^-53 (a double) and
+ * the sample is u < p; random64() = (mt() << 32) | mt() of its MT19937 engine (ATen's
+ * at::mt19937, the standard generator). u < p is decided on the integers: k < ceil(p * 2^53).
+ * `st` is torch.get_rng_state()'s serialized state, read and advanced in place
+ * (CPUGeneratorImplStateLegacy: seed u64 @0, left i32 @8, seeded i32 @12, next u64 @16,
+ * state u64[624] @24). train/fast_kernels.py checks this against torch once per process. */
+#define MT_N 624
+#define MT_M 397
+
+static inline uint32_t mt_twist(uint32_t u, uint32_t v) {
+  return (((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1) ^ ((v & 1u) ? 0x9908b0dfu : 0u);
+}
+
+static void mt_next_state(uint32_t *s) {
+  int k = 0;
+  for (; k < MT_N - MT_M; k++) s[k] = s[k + MT_M] ^ mt_twist(s[k], s[k + 1]);
+  for (; k < MT_N - 1; k++) s[k] = s[k + MT_M - MT_N] ^ mt_twist(s[k], s[k + 1]);
+  s[MT_N - 1] = s[MT_M - 1] ^ mt_twist(s[MT_N - 1], s[0]);
+}
+
+static inline uint32_t mt_temper(uint32_t y) {
+  y ^= (y >> 11);
+  y ^= (y << 7) & 0x9d2c5680u;
+  y ^= (y << 15) & 0xefc60000u;
+  y ^= (y >> 18);
+  return y;
+}
+
+/* The engine: state s, the next output's index, and how many outputs remain before the next
+ * twist (ATen's `left` - 1: its draw decrements `left` and twists when it reaches 0). */
+typedef struct { uint32_t s[MT_N]; int64_t next, avail; } mt_t;
+
+static void mt_fill(mt_t *g, uint32_t *R r, int64_t count) {
+  while (count > 0) {
+    if (g->avail == 0) {
+      mt_next_state(g->s);
+      g->next = 0;
+      g->avail = MT_N;
+    }
+    int64_t c = count < g->avail ? count : g->avail;
+    const uint32_t *R src = g->s + g->next;
+    for (int64_t j = 0; j < c; j++) r[j] = mt_temper(src[j]);
+    g->next += c;
+    g->avail -= c;
+    r += c;
+    count -= c;
+  }
+}
+
+/* noise = bernoulli(keep) / keep_f (keep: the double torch draws with, keep_f: its float32
+ * divisor), y = x * noise: aten's CPU dropout. */
+EXPORT void rb_dropout_draw(uint8_t *st, double keep, float keep_f, const float *R x, float *R noise,
+                            float *R y, int64_t n) {
+  mt_t g;
+  int32_t left;
+  uint64_t next;
+  memcpy(&left, st + 8, 4);
+  memcpy(&next, st + 16, 8);
+  g.next = (int64_t)next;
+  g.avail = left - 1;
+  for (int i = 0; i < MT_N; i++) {
+    uint64_t v;
+    memcpy(&v, st + 24 + 8 * i, 8);
+    g.s[i] = (uint32_t)v;
+  }
+  const uint64_t mask = (1ull << 53) - 1;
+  const uint64_t t = (uint64_t)ceil(keep * 9007199254740992.0); /* p * 2^53, exact */
+  enum { BLOCK = 512 };
+  uint32_t r[2 * BLOCK];
+  for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+    int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+    mt_fill(&g, r, 2 * m);
+    for (int64_t i = 0; i < m; i++) {
+      uint64_t k = (((uint64_t)r[2 * i] << 32) | r[2 * i + 1]) & mask;
+      float v = (k < t ? 1.0f : 0.0f) / keep_f;
+      noise[i0 + i] = v;
+      y[i0 + i] = x[i0 + i] * v;
+    }
+  }
+  left = (int32_t)(g.avail + 1);
+  next = (uint64_t)g.next;
+  memcpy(st + 8, &left, 4);
+  memcpy(st + 16, &next, 8);
+  for (int i = 0; i < MT_N; i++) {
+    uint64_t v = g.s[i];
+    memcpy(st + 24 + 8 * i, &v, 8);
+  }
+}

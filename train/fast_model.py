@@ -21,8 +21,8 @@ loops of `train.fast_kernels` (C, compiled once per machine; bit for bit the tor
   `ParameterFromRuntimeStatsScaling`, percentile statistics for `collect_stats_steps` training
   calls, accumulated in the module's own `buffer` and `counter`, then the learned `value`). In
   eval mode the Brevitas scaling module itself gives the scale;
-- linear layers, batch-norm, pooling and dropout run the model's modules in Brevitas' order, so
-  dropout draws the same random numbers.
+- linear layers, batch-norm, pooling and dropout run in Brevitas' order, so dropout draws the
+  same random numbers (`train.fast_kernels.dropout`: torch's own generator and stream).
 
 Once every activation quantizer has its learned scale (after Brevitas' 100 statistics steps), a
 training step runs the whole network as ONE autograd node (`_Network`: `FastPath._forward` and
@@ -76,6 +76,7 @@ class FastPath:
 
         self.quants = [q for q in (self.add_quant, self.add_requant, self.head_quant) if q is not None]
         self.params = [p for p in m.parameters() if p.requires_grad]
+        self.plan = self._plan()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.model.training and all(q.learned() for q in self.quants):
@@ -115,107 +116,135 @@ class FastPath:
     # backward. What it saves is one Python-level node's bookkeeping instead of ~60 (the step of a
     # small model is mostly per-op overhead).
 
-    def _forward(self, x: torch.Tensor):
+    def _plan(self):
+        """The modules' tensors and settings the one-node step reads, looked up once (nn.Module's
+        attribute lookup is a measurable part of a small model's step); the tensors are the
+        modules' own, so the parameters and statistics they hold are live."""
         m = self.model
+        blocks = [(blk.in_quant is not None, _dropout_p(blk.dropout), blk.linear.weight, blk.linear.bias,
+                   _BatchNorm.of(blk.bn)) for blk in m.hidden]
+        sc = m.shortcut
+        shortcut = None if sc is None else (sc.pool, sc.linear.weight, sc.linear.bias, _BatchNorm.of(sc.bn))
+        return blocks, shortcut, _dropout_p(m.head_dropout)
+
+    def _forward(self, x: torch.Tensor):
+        blocks, shortcut, head_p = self.plan
         tape = {"blocks": []}
         x = self._input(x)
         h = x
-        for blk in m.hidden:
-            rec = {}
-            if blk.in_quant is not None:
-                rec["sign_in"] = h
+        for sign_in, p, w, b, bn in blocks:
+            x_sign = h if sign_in else None
+            if sign_in:
                 h = K.sign(h)
-            h, rec["noise"] = _dropout(blk.dropout, h)
-            rec["in"], rec["w"] = h, K.clamp_sign_(blk.linear.weight)  # Brevitas' InplaceTensorClampSte, sign
-            h, rec["bn"] = _batch_norm(blk.bn, F.linear(h, rec["w"], blk.linear.bias))
-            tape["blocks"].append(rec)
-        sc = m.shortcut
-        if sc is not None:
-            s = sc.pool(x) if sc.pool is not None else x
+            h, noise = _dropout(h, p)
+            wb = K.clamp_sign_(w)  # Brevitas' InplaceTensorClampSte, then the sign
+            y, bn_saved = _batch_norm(bn, F.linear(h, wb, b))
+            tape["blocks"].append((x_sign, noise, h, wb, bn_saved))
+            h = y
+        if shortcut is not None:
+            pool, ws, bs, bn = shortcut
+            s = pool(x) if pool is not None else x
             if self.shortcut_weight is not None:
                 ws, tape["sc_wq"] = weight_quant_forward(*self.shortcut_weight.args())
-            else:
-                ws = sc.linear.weight
             tape["sc_in"], tape["sc_w"] = s, ws
-            s, tape["sc_bn"] = _batch_norm(sc.bn, F.linear(s, ws, sc.linear.bias))
+            s, tape["sc_bn"] = _batch_norm(bn, F.linear(s, ws, bs))
             a1, tape["aq_h"] = self.add_quant.learned_forward(h)
             a2, tape["aq_s"] = self.add_quant.learned_forward(s)
             h, tape["head_q"] = self.add_requant.learned_forward(a1, a2)  # of a1 + a2
         else:
             h, tape["head_q"] = self.head_quant.learned_forward(h)
-        h, tape["head_noise"] = _dropout(m.head_dropout, h)
+        h, tape["head_noise"] = _dropout(h, head_p)
         wo, tape["out_wq"] = weight_quant_forward(*self.output_weight.args())
         tape["out_in"], tape["out_w"] = h, wo
         return F.linear(h, wo, None), tape
 
     def _backward(self, g: torch.Tensor, tape) -> dict:
         """Gradients of the parameters (by id) from the logits' gradient `g`."""
-        m = self.model
+        blocks, shortcut, _ = self.plan
         grads = {}
 
         def put(param, grad):
             if param is not None and param.requires_grad:
                 grads[id(param)] = grad
 
-        put(m.output.weight, weight_quant_backward(g.t().mm(tape["out_in"]), tape["out_wq"]))
+        put(self.output_weight.linear.weight, weight_quant_backward(g.t().mm(tape["out_in"]), tape["out_wq"]))
         g, g_v = learned_act_backward(g.mm(tape["out_w"]), tape["head_q"], tape["head_noise"])
-        sc = m.shortcut
-        if sc is not None:
+        if shortcut is not None:
+            _, ws, bs, bn = shortcut
             put(self.add_requant.si.value, g_v)
             g_h, g_v1 = learned_act_backward(g, tape["aq_h"])
             g_s, g_v2 = learned_act_backward(g, tape["aq_s"])
             put(self.add_quant.si.value, g_v1 + g_v2)  # float32, as autograd sums the two uses
-            g_s = _batch_norm_backward(sc.bn, g_s, tape["sc_bn"], put)
-            put(sc.linear.bias, g_s.sum(0) if sc.linear.bias is not None else None)
+            g_s = _batch_norm_backward(bn, g_s, tape["sc_bn"], put)
+            put(bs, g_s.sum(0) if bs is not None else None)
             g_ws = g_s.t().mm(tape["sc_in"])
-            put(sc.linear.weight, weight_quant_backward(g_ws, tape["sc_wq"]) if "sc_wq" in tape else g_ws)
+            put(ws, weight_quant_backward(g_ws, tape["sc_wq"]) if "sc_wq" in tape else g_ws)
             g = g_h
         else:
             put(self.head_quant.si.value, g_v)
-        for i in range(len(m.hidden) - 1, -1, -1):
-            blk, rec = m.hidden[i], tape["blocks"][i]
-            g = _batch_norm_backward(blk.bn, g, rec["bn"], put)
-            put(blk.linear.bias, g.sum(0) if blk.linear.bias is not None else None)
-            put(blk.linear.weight, g.t().mm(rec["in"]))  # the sign's straight-through gradient
+        for i in range(len(blocks) - 1, -1, -1):
+            _, _, w, b, bn = blocks[i]
+            x_sign, noise, h_in, wb, bn_saved = tape["blocks"][i]
+            g = _batch_norm_backward(bn, g, bn_saved, put)
+            put(b, g.sum(0) if b is not None else None)
+            put(w, g.t().mm(h_in))  # the sign's straight-through gradient
             if i == 0:
                 break
-            g = g.mm(rec["w"])
-            if "sign_in" in rec:
-                g = K.sign_backward(g, rec["sign_in"], rec["noise"])  # of g * noise
-            elif rec["noise"] is not None:
-                g = g * rec["noise"]
+            g = g.mm(wb)
+            if x_sign is not None:
+                g = K.sign_backward(g, x_sign, noise)  # of g * noise
+            elif noise is not None:
+                g = g * noise
         return grads
 
 
-def _dropout(module, x: torch.Tensor):
-    """nn.Dropout in training, as aten's CPU dropout computes it: (y, noise or None)."""
+def _dropout_p(module) -> float | None:
+    """The drop probability of a training nn.Dropout (None: no dropout)."""
     if not isinstance(module, torch.nn.Dropout) or module.p == 0:
-        return x, None
+        return None
     if module.p >= 1:
         raise ValueError("fast path: dropout p >= 1")
-    return K.dropout(x, module.p)
+    return module.p
 
 
-def _batch_norm(bn, x: torch.Tensor):
+def _dropout(x: torch.Tensor, p: float | None):
+    """nn.Dropout in training, as aten's CPU dropout computes it: (y, noise or None)."""
+    return (x, None) if p is None else K.dropout(x, p)
+
+
+class _BatchNorm:
+    """An nn.BatchNorm1d's tensors and settings (`of` checks it has running statistics)."""
+
+    @staticmethod
+    def of(bn):
+        if not isinstance(bn, torch.nn.BatchNorm1d):
+            return None
+        if not bn.track_running_stats or bn.running_mean is None:
+            raise ValueError("fast path: a batch-norm without running statistics")
+        return _BatchNorm(bn)
+
+    def __init__(self, bn):
+        self.weight, self.bias, self.mean, self.var = bn.weight, bn.bias, bn.running_mean, bn.running_var
+        self.count, self.momentum, self.eps = bn.num_batches_tracked, bn.momentum, bn.eps
+        self.mask = [True, self.weight is not None, self.bias is not None]
+
+
+def _batch_norm(bn: _BatchNorm | None, x: torch.Tensor):
     """nn.BatchNorm1d's training forward (running statistics updated): (y, saved or None)."""
-    if not isinstance(bn, torch.nn.BatchNorm1d):
+    if bn is None:
         return x, None
-    if not bn.track_running_stats or bn.running_mean is None:
-        raise ValueError("fast path: a batch-norm without running statistics")
-    bn.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    y, mean, invstd = torch.ops.aten.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                                       True, momentum, bn.eps)
+    bn.count.add_(1)
+    momentum = 1.0 / float(bn.count) if bn.momentum is None else bn.momentum
+    y, mean, invstd = torch.ops.aten.native_batch_norm(x, bn.weight, bn.bias, bn.mean, bn.var, True, momentum, bn.eps)
     return y, (x, mean, invstd)
 
 
-def _batch_norm_backward(bn, g: torch.Tensor, saved, put) -> torch.Tensor:
+def _batch_norm_backward(bn: _BatchNorm | None, g: torch.Tensor, saved, put) -> torch.Tensor:
     if saved is None:
         return g
     x, mean, invstd = saved
-    gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-        g.contiguous(), x, bn.weight, bn.running_mean, bn.running_var, mean, invstd, True, bn.eps,
-        [True, bn.weight is not None, bn.bias is not None])
+    gx, gw, gb = torch.ops.aten.native_batch_norm_backward(g.contiguous(), x, bn.weight, bn.mean, bn.var, mean,
+                                                           invstd, True, bn.eps, bn.mask)
     put(bn.weight, gw)
     put(bn.bias, gb)
     return gx
