@@ -1,13 +1,16 @@
 """`python -m bench.train_speed`: training speed of binary (fast path, Brevitas) vs float models.
 
-    python -m bench.train_speed --out docs/results/train-speed.md [--reps 7] [--steps 30] [--threads 1]
+    python -m bench.train_speed --out docs/results/train-speed.md [--reps 7] [--steps 30] [--threads 1,2]
 
 Part 1, steps/s: one Adam step (forward, backward, update) on one fixed batch of random pixels,
 for each path and batch size, measured side by side in ONE process with the repetitions
 interleaved (path A, B, C, A, B, C, ...), so load from other processes hits every path alike;
 medians are reported with the time ratio to the float model. Binary models are first stepped
 past Brevitas' 100 statistics steps (the steady state of a long run). Wall clock and process CPU
-time are both given; on a shared machine the CPU-time ratio is the steadier one.
+time are both given; on a shared machine the CPU-time ratio is the steadier one. Measured at each
+torch thread count of --threads (1, and 2: the trainer's). Beside it, the optimizer step alone
+(Adam on fixed gradients) of each model and its parameter count: the part of a step that grows
+with the parameters, not with the batch.
 Part 2, one epoch end to end: `python -m train --recipe thesis --epochs 1` (50,000 real MNIST
 images, batch 32, with evaluation) for each path, in a fresh process each, wall time.
 """
@@ -22,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from train.cli_types import TRAIN_THREADS
 
 BINARY = "B-D128N,D88N,D88N,QN,D"
 FLOAT = "F-128,88,88"
@@ -61,29 +66,68 @@ def _stepper(name: str, path: str, batch: int, seed: int = 0):
     return step
 
 
-def measure_steps(paths: dict[str, tuple[str, str]], batches, reps: int, steps: int, warmup: int) -> list[dict]:
+def _optimizer_stepper(name: str, seed: int = 0):
+    import torch
+
+    from train.fitting import make_optimizer
+    from train.models import build_model
+    from train.recipes import Recipe
+
+    torch.manual_seed(seed)
+    model = build_model(name, 784, 10, image_shape=(28, 28, 1))
+    opt = make_optimizer(model, Recipe("bench", optimizer="adam", lr=1e-3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+
+    def step():
+        opt.step()
+    step.n_params = sum(p.numel() for p in params)
+    return step
+
+
+def _interleaved(fns: dict, reps: int, steps: int, warmup: int) -> dict:
+    """label -> (median calls/s wall, median calls/s CPU time, reps wall, reps CPU), interleaved."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(reps):
+        for label, f in fns.items():
+            f()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                f()
+            wall[label].append(steps / (time.perf_counter() - t0))
+            cpu[label].append(steps / max(1e-9, time.process_time() - c0))
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k]), wall[k], cpu[k]) for k in fns}
+
+
+def measure_optimizer(models: list[str], reps: int, steps: int, threads: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    fns = {m: _optimizer_stepper(m) for m in models}
+    res = _interleaved(fns, reps, steps, 10)
+    return [{"threads": threads, "model": m, "params": fns[m].n_params, "ms": 1e3 / res[m][0],
+             "cpu_ms": 1e3 / res[m][1]} for m in models]
+
+
+def measure_steps(paths: dict[str, tuple[str, str]], batches, reps: int, steps: int, warmup: int,
+                  threads: int) -> list[dict]:
     """paths: label -> (model name, "fast" | "brevitas"); returns one row per (label, batch)."""
+    import torch
+
+    torch.set_num_threads(threads)
     rows = []
     for batch in batches:
         steppers = {label: _stepper(name, path, batch) for label, (name, path) in paths.items()}
-        for s in steppers.values():
-            for _ in range(warmup):
-                s()
-        wall = {k: [] for k in steppers}
-        cpu = {k: [] for k in steppers}
-        for _ in range(reps):
-            for label, s in steppers.items():
-                s()
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(steps):
-                    s()
-                wall[label].append(steps / (time.perf_counter() - t0))
-                cpu[label].append(steps / max(1e-9, time.process_time() - c0))
+        res = _interleaved(steppers, reps, steps, warmup)
         for label in steppers:
-            rows.append({"batch": batch, "path": label, "model": paths[label][0],
-                         "steps_per_s": statistics.median(wall[label]),
-                         "steps_per_cpu_s": statistics.median(cpu[label]),
-                         "wall_reps": wall[label], "cpu_reps": cpu[label]})
+            w, c, w_reps, c_reps = res[label]
+            rows.append({"threads": threads, "batch": batch, "path": label, "model": paths[label][0],
+                         "steps_per_s": w, "steps_per_cpu_s": c, "wall_reps": w_reps, "cpu_reps": c_reps})
     return rows
 
 
@@ -100,16 +144,17 @@ def measure_epoch(model: str, trainer: str, data_dir: str | None, threads: int) 
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip().splitlines()[-1:]}")
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-    return {"model": model, "trainer": trainer, "wall_s": wall, "train_s": metrics["seconds"],
+    return {"model": model, "trainer": trainer, "threads": threads, "wall_s": wall, "train_s": metrics["seconds"],
             "test_acc": metrics["test_acc"], "command": " ".join(cmd[1:])}
 
 
-def _report(rows, epochs, args) -> str:
+def _report(rows, optim, epochs, args) -> str:
     lines = ["# Training speed: binary (fast path, Brevitas) vs float", "",
              f"Written by `python -m bench.train_speed` ({' '.join(sys.argv[1:]) or 'defaults'}); "
-             f"torch threads: {args.threads}; {args.reps} interleaved repetitions of {args.steps} steps "
-             f"after {args.warmup} warm-up steps; medians. On a shared machine absolute numbers are "
-             "noisy, the ratios (time per step relative to the float model, measured side by side) count.", "",
+             f"{args.reps} interleaved repetitions of {args.steps} steps after {args.warmup} warm-up steps; "
+             "medians; at each torch thread count (2 is the trainer's, `python -m train --threads`). On a "
+             "shared machine absolute numbers are noisy, the ratios (time per step relative to the float "
+             "model, measured side by side) count.", "",
              "Paths: **binary fast** = `train.fast_model` (the default trainer of binary models, Brevitas' "
              "arithmetic bit for bit); **binary brevitas** = the Brevitas modules (`--trainer brevitas`); "
              "**float** = the float baseline of the same widths; **float, binary's topology** = the float "
@@ -117,26 +162,35 @@ def _report(rows, epochs, args) -> str:
              "the part of the gap that is the binary model's extra layers, not quantization.", "",
              "Optimizer: the trainer's own (`train.fitting.make_optimizer`: Adam, foreach), lr 1e-3.", "",
              "## One Adam step (steps/s; time ratio to the float model)", "",
-             "| batch | path | model | steps/s (wall) | x float (wall) | steps/s (CPU time) | x float (CPU) |",
-             "|---|---|---|---|---|---|---|"]
-    for batch in sorted({r["batch"] for r in rows}):
-        ref = next(r for r in rows if r["batch"] == batch and r["path"] == "float")
-        for r in (r for r in rows if r["batch"] == batch):
-            lines.append(f"| {batch} | {r['path']} | `{r['model']}` | {r['steps_per_s']:.0f} | "
+             "| threads | batch | path | model | steps/s (wall) | x float (wall) | steps/s (CPU time) "
+             "| x float (CPU) |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["threads"], r["batch"]) for r in rows})
+    for threads, batch in keys:
+        sel = [r for r in rows if (r["threads"], r["batch"]) == (threads, batch)]
+        ref = next(r for r in sel if r["path"] == "float")
+        for r in sel:
+            lines.append(f"| {threads} | {batch} | {r['path']} | `{r['model']}` | {r['steps_per_s']:.0f} | "
                          f"{ref['steps_per_s'] / r['steps_per_s']:.2f} | {r['steps_per_cpu_s']:.0f} | "
                          f"{ref['steps_per_cpu_s'] / r['steps_per_cpu_s']:.2f} |")
     lines += ["", "## The goal: binary at most 2.0x the float model's step time (CPU-time ratios)", ""]
-    for batch in sorted({r["batch"] for r in rows}):
-        by = {r["path"]: r["steps_per_cpu_s"] for r in rows if r["batch"] == batch}
+    for threads, batch in keys:
+        by = {r["path"]: r["steps_per_cpu_s"] for r in rows if (r["threads"], r["batch"]) == (threads, batch)}
         if not {"float", "binary fast", "float, binary's topology"} <= by.keys():
             continue
         fast, twin = by["float"] / by["binary fast"], by["float"] / by["float, binary's topology"]
-        lines.append(f"- batch {batch}: binary fast **{fast:.2f}x** ({'met' if fast <= 2.0 else 'not met'}); "
-                     f"the float model with the binary model's layers and no quantizer alone is {twin:.2f}x, "
-                     f"so the quantizers add {fast / twin:.2f}x on top of the topology.")
+        lines.append(f"- {threads} thread{'s' if threads > 1 else ''}, batch {batch}: binary fast **{fast:.2f}x** "
+                     f"({'met' if fast <= 2.0 else 'not met'}); the float model with the binary model's layers "
+                     f"and no quantizer is {twin:.2f}x (binary fast / that model: {fast / twin:.2f}).")
+    if optim:
+        lines += ["", "## The optimizer step alone (Adam on fixed gradients; grows with the parameters, not the batch)",
+                  "", "| threads | model | parameters | ms (wall) | ms (CPU) |", "|---|---|---|---|---|"]
+        for o in optim:
+            lines.append(f"| {o['threads']} | `{o['model']}` | {o['params']:,} | {o['ms']:.2f} | {o['cpu_ms']:.2f} |")
     if epochs:
         ref = next((e for e in epochs if e["model"].startswith("F-")), None)
-        lines += ["", "## One epoch end to end (`python -m train --recipe thesis --epochs 1`, real MNIST)", "",
+        lines += ["", f"## One epoch end to end (`python -m train --recipe thesis --epochs 1 --threads "
+                  f"{epochs[0]['threads']}`, real MNIST)", "",
                   "| model | trainer | wall s | training s | x float (training) | test acc |", "|---|---|---|---|---|---|"]
         for e in epochs:
             ratio = f"{e['train_s'] / ref['train_s']:.2f}" if ref else "-"
@@ -154,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=110)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", default=f"1,{TRAIN_THREADS}",
+                   help=f"torch CPU thread counts to measure at (default 1,{TRAIN_THREADS}: the trainer's is "
+                        f"{TRAIN_THREADS}, also the end-to-end epochs')")
     p.add_argument("--no-epoch", action="store_true", help="skip the end-to-end epochs")
     p.add_argument("--data-dir", help="MNIST folder (default $RESBIN_DATA/mnist or the cache)")
     return p
@@ -164,10 +220,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]
-        if any(b < 1 for b in batches) or min(args.reps, args.steps) < 1 or args.warmup < 0 or args.threads < 1:
+        threads = [int(t) for t in args.threads.split(",")]
+        if min(batches + threads) < 1 or min(args.reps, args.steps) < 1 or args.warmup < 0:
             raise ValueError
     except ValueError:
-        print("error: --batches must be positive integers (e.g. 32,128); --reps, --steps, --threads >= 1",
+        print("error: --batches and --threads must be positive integers (e.g. 32,128 and 1,2); --reps, --steps >= 1",
               file=sys.stderr)
         return 2
     import torch
@@ -176,13 +233,14 @@ def main(argv=None) -> int:
     from train.models import ModelError
     from train.spec import SpecError
 
-    torch.set_num_threads(args.threads)
     paths = {"binary fast": (args.binary, "fast"), "binary brevitas": (args.binary, "brevitas"),
              "float": (args.float_model, "brevitas"), "float, binary's topology": (_float_twin(args.binary), "brevitas")}
     try:
-        rows = measure_steps(paths, batches, args.reps, args.steps, args.warmup)
-        epochs = [] if args.no_epoch else [measure_epoch(m, t, args.data_dir, args.threads) for m, t in
-                                           ((args.binary, "fast"), (args.binary, "brevitas"), (args.float_model, "fast"))]
+        rows = [r for t in threads for r in measure_steps(paths, batches, args.reps, args.steps, args.warmup, t)]
+        optim = [o for t in threads for o in measure_optimizer([args.binary, args.float_model], args.reps,
+                                                               args.steps, t)]
+        runs = ((args.binary, "fast"), (args.binary, "brevitas"), (args.float_model, "fast"))
+        epochs = [] if args.no_epoch else [measure_epoch(m, t, args.data_dir, TRAIN_THREADS) for m, t in runs]
     except (SpecError, ModelError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -191,8 +249,8 @@ def main(argv=None) -> int:
         return 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_report(rows, epochs, args))
-    out.with_suffix(".json").write_text(json.dumps({"steps": rows, "epochs": epochs, "threads": args.threads,
+    out.write_text(_report(rows, optim, epochs, args))
+    out.with_suffix(".json").write_text(json.dumps({"steps": rows, "optimizer": optim, "epochs": epochs,
                                                     "cpu_count": os.cpu_count()}, indent=2) + "\n")
     print(out.read_text())
     return 0

@@ -11,6 +11,7 @@ during and after Brevitas' statistics steps) and the per-module wrappers `ActQua
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,15 +66,27 @@ def _pow2_scale(v: float, clamp_min: float, threshold: float) -> tuple[float, fl
     float32 values torch computes (also for an infinite or NaN v: a diverged run)."""
     if math.isfinite(v):
         v = min(max(math.ceil(v), -200), 200)  # beyond float32's range either way: 0 or inf
+    return _pow2_scale_of(v, clamp_min, threshold)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pow2_scale_of(v, clamp_min: float, threshold: float) -> tuple[float, float]:
+    """`_pow2_scale` of an integer (or infinite or NaN) v; memoized: a run sees a few dozen."""
     with np.errstate(over="ignore"):
         p = _f32(2.0 ** v)
     return float(p), float(_f32(max(p, _f32(clamp_min))) / _f32(threshold))
 
 
-def _pow2_scale_grad(g_s: torch.Tensor, p: float, threshold: float) -> np.float32:
+@functools.lru_cache(maxsize=1024)
+def _pow2_grad_factors(p: float, threshold: float) -> tuple[np.float32, np.float32]:
+    return _f32(threshold), _f32(p) * _f32(_LN2)
+
+
+def _pow2_scale_grad(g_s, p: float, threshold: float) -> np.float32:
     """Gradient through s = clamp_min(2 ** ceil_ste(v), m) / t to v, with torch's float32 rounding of
     `(g / t) * (p * ln 2)` (pow's backward; the clamp and ceil are straight through)."""
-    return _f32(g_s.item()) / _f32(threshold) * (_f32(p) * _f32(_LN2))
+    t, f = _pow2_grad_factors(p, threshold)
+    return _f32(g_s.item()) / t * f
 
 
 def _ste_clamp(tq) -> bool:
