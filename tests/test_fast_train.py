@@ -319,3 +319,17 @@ def test_dropout_falls_back_to_torch_where_its_stream_differs(monkeypatch):
     x2 = torch.randn(40, 30)
     ref = torch.empty_like(x2).bernoulli_(0.75).div_(0.75)
     assert torch.equal(noise, ref) and torch.equal(y, x2 * ref)
+
+
+def test_kernels_build_where_the_home_cache_is_read_only(tmp_path, monkeypatch):
+    """A cache folder the user cannot write (a container's home) falls back to a temporary folder."""
+    from train import fast_kernels as K
+
+    ro = tmp_path / "ro"
+    real_access = K.os.access
+    monkeypatch.setattr(K.os, "access", lambda p, mode: not str(p).startswith(str(ro)) and real_access(p, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ro))
+    monkeypatch.setattr(K.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(K, "_lib", None)
+    assert K.library().rb_sign
+    assert list((tmp_path / "tmp").glob("resbin-*/fast_kernels-*.so")) and not list(ro.rglob("*.so"))

@@ -44,8 +44,18 @@ class KernelBuildError(TrainError):
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "resbin"
+    """~/.cache/resbin (or $XDG_CACHE_HOME/resbin); a per-user temporary folder where that is not
+    writable (e.g. a container's read-only home)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resbin"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    tmp = Path(tempfile.gettempdir()) / f"resbin-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
 
 
 def _cpu_id() -> str:
@@ -69,7 +79,6 @@ def library() -> ctypes.CDLL:
         if shutil.which(cxx) is None:
             raise KernelBuildError(f"the fast training path needs a C++ compiler ({cxx!r} not found; set CXX, "
                                    "or train with --trainer brevitas)")
-        so.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
         os.close(fd)
         res = subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], capture_output=True, text=True)
