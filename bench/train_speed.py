@@ -41,19 +41,27 @@ def _float_twin(binary: str) -> str:
     return "F-" + binary.split("-", 1)[1]
 
 
-def _stepper(name: str, path: str, batch: int, seed: int = 0):
+def _model_and_optimizer(name: str, seed: int):
+    """The MNIST model `name` (seeded) and the trainer's own optimizer (Adam, lr 1e-3)."""
     import torch
-    import torch.nn.functional as F
 
     from train.fitting import make_optimizer
     from train.models import build_model
     from train.recipes import Recipe
-    from train.trainer import training_forward
 
     torch.manual_seed(seed)
     model = build_model(name, 784, 10, image_shape=(28, 28, 1))
+    return model, make_optimizer(model, Recipe("bench", optimizer="adam", lr=1e-3))
+
+
+def _stepper(name: str, path: str, batch: int, seed: int = 0):
+    import torch
+    import torch.nn.functional as F
+
+    from train.trainer import training_forward
+
+    model, opt = _model_and_optimizer(name, seed)
     forward = training_forward(model, "fast" if path == "fast" else "brevitas")
-    opt = make_optimizer(model, Recipe("bench", optimizer="adam", lr=1e-3))  # the trainer's Adam
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch, 784), generator=gen).float()
     y = torch.randint(0, 10, (batch,), generator=gen)
@@ -69,13 +77,7 @@ def _stepper(name: str, path: str, batch: int, seed: int = 0):
 def _optimizer_stepper(name: str, seed: int = 0):
     import torch
 
-    from train.fitting import make_optimizer
-    from train.models import build_model
-    from train.recipes import Recipe
-
-    torch.manual_seed(seed)
-    model = build_model(name, 784, 10, image_shape=(28, 28, 1))
-    opt = make_optimizer(model, Recipe("bench", optimizer="adam", lr=1e-3))
+    model, opt = _model_and_optimizer(name, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
@@ -227,8 +229,6 @@ def main(argv=None) -> int:
         print("error: --batches and --threads must be positive integers (e.g. 32,128 and 1,2); --reps, --steps >= 1",
               file=sys.stderr)
         return 2
-    import torch
-
     from train.data import DataError
     from train.models import ModelError
     from train.spec import SpecError

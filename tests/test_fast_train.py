@@ -284,6 +284,7 @@ def test_missing_compiler_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch, 
                    "--limit", "64", "--run-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "'no-such-compiler' not found" in err[0] and "--trainer brevitas" in err[0]
+    assert not (tmp_path / "run" / "teacher.pt").exists()  # stopped before the distilling recipe's teacher
 
 
 @pytest.mark.parametrize("n", [1, 311, 624, 625, 2000, 100352])
