@@ -68,40 +68,90 @@ def _quant_state(model):
             if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")}
 
 
+class _Counting:
+    """`torch.ops.resbin` counting the C++ steps."""
+
+    def __init__(self, ops):
+        self.ops, self.forwards = ops, 0
+
+    def __getattr__(self, name):
+        self.forwards += name == "step_forward"
+        return getattr(self.ops, name)
+
+
 @pytest.mark.parametrize("name,options", VARIANTS, ids=[v[0] + "-" + str(i) for i, v in enumerate(VARIANTS)])
 def test_training_steps_are_brevitas_bit_for_bit(name, options, images, monkeypatch):
+    """Brevitas' modules, the fast path's C++ step (the default on CPUs) and its Python step (the
+    reference, and the GPU path), side by side: logits, random generator, parameters, gradients,
+    batch-norm and quantizer statistics."""
     x, y, x_test = images
     brev, fast = _pair(name, options)
-    fwd = FastPath(fast)
+    ref = copy.deepcopy(fast)
+    fwd, fwd_ref = FastPath(fast), FastPath(ref, native=False)
+    assert fwd.native is not None and fwd_ref.native is None
+    fwd.ops = _Counting(fwd.ops)
     one_node = []
     real = FastPath._forward
     monkeypatch.setattr(FastPath, "_forward", lambda self, xb: one_node.append(1) or real(self, xb))
     opt_b = torch.optim.Adam(brev.parameters(), lr=1e-2)
     opt_f = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    opt_r = torch.optim.Adam(ref.parameters(), lr=1e-2)
     for i in range(STEPS):
         xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
         torch.manual_seed(1000 + i)  # the same dropout draws
         lb = _step(brev, brev, opt_b, xb, yb)
-        torch.manual_seed(1000 + i)
-        lf = _step(fast, fwd, opt_f, xb, yb)
-        assert torch.equal(lb, lf), f"step {i}: train-mode logits differ"
-    assert len(one_node) == STEPS - 101, "the one-node network ran after the statistics steps"
-    pb, pf = dict(brev.named_parameters()), dict(fast.named_parameters())
-    assert pb.keys() == pf.keys()
-    for k in pb:
-        assert torch.equal(pb[k], pf[k]), f"parameter {k} differs after {STEPS} steps"
-        gb, gf = pb[k].grad, pf[k].grad
-        assert (gb is None) == (gf is None) and (gb is None or torch.equal(gb, gf)), f"gradient of {k} differs"
-    for k, v in brev.state_dict().items():
-        assert torch.equal(v, fast.state_dict()[k]), f"state {k} differs"
-    qb, qf = _quant_state(brev), _quant_state(fast)
-    assert qb.keys() == qf.keys()
-    assert all(qb[k][0] == qf[k][0] > 100 and torch.equal(qb[k][1], qf[k][1]) for k in qb), "quantizer statistics"
+        rng = torch.get_rng_state()
+        for model, forward, opt in ((fast, fwd, opt_f), (ref, fwd_ref, opt_r)):
+            torch.manual_seed(1000 + i)
+            lf = _step(model, forward, opt, xb, yb)
+            assert torch.equal(lb, lf), f"step {i}: train-mode logits differ ({'C++' if forward is fwd else 'Python'})"
+            assert torch.equal(torch.get_rng_state(), rng), f"step {i}: the random generator is elsewhere"
+    assert fwd.ops.forwards == len(one_node) == STEPS - 101, "the one-node step ran after the statistics steps"
+    pb = dict(brev.named_parameters())
+    for other in (fast, ref):
+        po = dict(other.named_parameters())
+        assert pb.keys() == po.keys()
+        for k in pb:
+            assert torch.equal(pb[k], po[k]), f"parameter {k} differs after {STEPS} steps"
+            gb, go = pb[k].grad, po[k].grad
+            assert (gb is None) == (go is None) and (gb is None or torch.equal(gb, go)), f"gradient of {k} differs"
+        for k, v in brev.state_dict().items():
+            assert torch.equal(v, other.state_dict()[k]), f"state {k} differs"
+        qb, qo = _quant_state(brev), _quant_state(other)
+        assert qb.keys() == qo.keys()
+        assert all(qb[k][0] == qo[k][0] > 100 and torch.equal(qb[k][1], qo[k][1]) for k in qb), "quantizer statistics"
     brev.eval(), fast.eval()
     with torch.no_grad():
-        ref = brev(x_test)
-        assert torch.equal(ref, fwd(x_test)), "eval-mode logits differ on real test images"
-        assert torch.equal(ref, FastPath(brev)(x_test))
+        ref_logits = brev(x_test)
+        assert torch.equal(ref_logits, fwd(x_test)), "eval-mode logits differ on real test images"
+        assert torch.equal(ref_logits, FastPath(brev)(x_test))
+
+
+def test_cpp_step_is_the_python_step_where_torch_draws_dropout_and_for_other_inputs(images, monkeypatch):
+    """Where torch's bernoulli_ is not the serial kernel (MKL on Intel CPUs) the C++ step draws with
+    torch's own; an input the C loops do not take (not contiguous) runs the Python step."""
+    from train import fast_kernels as K
+
+    x, y, _ = images
+    monkeypatch.setattr(K, "_serial", False)
+    torch.manual_seed(0)
+    a = build_model("B-D24N,D16N,QN,D", 784, 10, ModelOptions(dropout=0.3))
+    b = copy.deepcopy(a)
+    fa, fb = FastPath(a), FastPath(b, native=False)
+    fa.ops = _Counting(fa.ops)
+    opt_a, opt_b = torch.optim.Adam(a.parameters(), lr=1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    for i in range(110):
+        xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+        if i % 2:
+            xb = xb.t().contiguous().t()  # same values, not contiguous
+        torch.manual_seed(i)
+        la = _step(a, fa, opt_a, xb, yb)
+        torch.manual_seed(i)
+        lb = _step(b, fb, opt_b, xb, yb)
+        assert torch.equal(la, lb), f"step {i}: logits differ"
+    assert fa.ops.forwards == 4  # steps 102..109: the even ones
+    for (k, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad), f"{k} differs"
 
 
 def test_quantizer_scales_and_their_gradients_are_brevitas_own(images):

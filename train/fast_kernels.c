@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef EXPORT /* train/fast_step.cpp includes this file with its own */
 #define EXPORT extern "C" __attribute__((visibility("default")))
+#endif
 #define R __restrict__
 
 /* The loops are branch-free selects so that the compiler vectorizes them (-O3). */
@@ -207,7 +209,26 @@ static void mt_fill(mt_t *g, uint32_t *R r, int64_t count) {
 }
 
 /* noise = bernoulli(keep) / keep_f (keep: the double torch draws with, keep_f: its float32
- * divisor), y = x * noise: aten's CPU dropout. */
+ * divisor), y = x * noise: aten's CPU dropout, on an engine `g` (advanced in place). */
+static void dropout_draw(mt_t *g, double keep, float keep_f, const float *R x, float *R noise, float *R y,
+                         int64_t n) {
+  const uint64_t mask = (1ull << 53) - 1;
+  const uint64_t t = (uint64_t)ceil(keep * 9007199254740992.0); /* p * 2^53, exact */
+  enum { BLOCK = 512 };
+  uint32_t r[2 * BLOCK];
+  for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+    int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+    mt_fill(g, r, 2 * m);
+    for (int64_t i = 0; i < m; i++) {
+      uint64_t k = (((uint64_t)r[2 * i] << 32) | r[2 * i + 1]) & mask;
+      float v = (k < t ? 1.0f : 0.0f) / keep_f;
+      noise[i0 + i] = v;
+      y[i0 + i] = x[i0 + i] * v;
+    }
+  }
+}
+
+/* `dropout_draw` on torch.get_rng_state()'s serialized state `st` (advanced in place). */
 EXPORT void rb_dropout_draw(uint8_t *st, double keep, float keep_f, const float *R x, float *R noise,
                             float *R y, int64_t n) {
   mt_t g;
@@ -222,20 +243,7 @@ EXPORT void rb_dropout_draw(uint8_t *st, double keep, float keep_f, const float 
     memcpy(&v, st + 24 + 8 * i, 8);
     g.s[i] = (uint32_t)v;
   }
-  const uint64_t mask = (1ull << 53) - 1;
-  const uint64_t t = (uint64_t)ceil(keep * 9007199254740992.0); /* p * 2^53, exact */
-  enum { BLOCK = 512 };
-  uint32_t r[2 * BLOCK];
-  for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
-    int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
-    mt_fill(&g, r, 2 * m);
-    for (int64_t i = 0; i < m; i++) {
-      uint64_t k = (((uint64_t)r[2 * i] << 32) | r[2 * i + 1]) & mask;
-      float v = (k < t ? 1.0f : 0.0f) / keep_f;
-      noise[i0 + i] = v;
-      y[i0 + i] = x[i0 + i] * v;
-    }
-  }
+  dropout_draw(&g, keep, keep_f, x, noise, y, n);
   left = (int32_t)(g.avail + 1);
   next = (uint64_t)g.next;
   memcpy(st + 8, &left, 4);
@@ -245,3 +253,5 @@ EXPORT void rb_dropout_draw(uint8_t *st, double keep, float keep_f, const float 
     memcpy(st + 24 + 8 * i, &v, 8);
   }
 }
+
+#undef R /* train/fast_step.cpp includes this file */

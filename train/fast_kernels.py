@@ -10,6 +10,9 @@ compare the two with torch.equal on random and special values (tests/test_fast_t
 library is compiled once per machine with the C++ compiler (`$CXX`, default g++) into
 `~/.cache/resbin` (or `$XDG_CACHE_HOME/resbin`), named by the hash of its source and the CPU.
 
+`step_ops()` builds `train/fast_step.cpp` the same way (against this torch's headers): the fast
+path's one-node training step in C++, which calls these loops directly.
+
 Dropout draws torch's own random numbers: torch's CPU `bernoulli_` (on CPUs where it does not use
 MKL: checked once per process, `serial_bernoulli`) is a serial loop over its MT19937 generator,
 ~13 ns an element here, the largest single cost of a batch-128 step; `rb_dropout_draw` reproduces
@@ -23,6 +26,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,27 +70,36 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def library() -> ctypes.CDLL:
-    """The compiled loops (built on first use; concurrent builders write atomically)."""
-    global _lib
-    if _lib is not None:
-        return _lib
+def _compiled(src: Path, flags: list[str], what: str, *, sources: tuple[Path, ...] = (), link: tuple[str, ...] = ()) -> Path:
+    """The shared library built from `src` with `flags` and `link` (cached by the hash of `src` and
+    the `sources` it includes, the compiler, the flags and the CPU; concurrent builders write
+    atomically)."""
     cxx = os.environ.get("CXX", "g++")
-    src = _SRC.read_bytes()
-    tag = hashlib.sha256(src + " ".join([cxx, platform.machine(), _cpu_id(), *_FLAGS]).encode()).hexdigest()[:16]
-    so = _cache_dir() / f"fast_kernels-{tag}.so"
+    digest = b"".join(p.read_bytes() for p in (src, *sources))
+    tag = hashlib.sha256(digest + " ".join([cxx, platform.machine(), _cpu_id(), *flags, *link]).encode()).hexdigest()[:16]
+    so = _cache_dir() / f"{src.stem}-{tag}.so"
     if not so.exists():
         if shutil.which(cxx) is None:
             raise KernelBuildError(f"the fast training path needs a C++ compiler ({cxx!r} not found; set CXX, "
                                    "or train with --trainer brevitas)")
+        print(f"resbin: compiling {src.name} ({what}) for this machine, once", file=sys.stderr, flush=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
         os.close(fd)
-        res = subprocess.run([cxx, *_FLAGS, str(_SRC), "-o", tmp], capture_output=True, text=True)
+        res = subprocess.run([cxx, *flags, str(src), "-o", tmp, *link], capture_output=True, text=True)
         if res.returncode != 0:
             os.unlink(tmp)
-            raise KernelBuildError(f"compiling {_SRC.name} with {cxx} failed: "
-                                   f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
+            errors = [ln for ln in res.stderr.splitlines() if "error" in ln] or res.stderr.strip().splitlines() or ["?"]
+            raise KernelBuildError(f"compiling {src.name} ({what}) with {cxx} failed: {errors[0]}")
         os.replace(tmp, so)
+    return so
+
+
+def library() -> ctypes.CDLL:
+    """The compiled loops (built on first use)."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    so = _compiled(_SRC, _FLAGS, "the fused loops")
     lib = ctypes.CDLL(str(so))
     P, F, N = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
     for name, args in {"rb_sign": [P, P, N], "rb_clamp_sign": [P, P, N], "rb_sign_backward": [P, P, P, P, N],
@@ -101,7 +114,31 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def _c(*tensors) -> bool:
+_STEP_SRC = Path(__file__).with_name("fast_step.cpp")
+_step = None
+
+
+def step_ops():
+    """`torch.ops.resbin`: the one-node training step in C++ (`train/fast_step.cpp`, which includes
+    the loops), compiled on first use against this torch's headers and libraries."""
+    global _step
+    if _step is None:
+        # the two include folders and the lib folder of the wheel, as torch.utils.cpp_extension
+        # finds them (importing that module pulls setuptools in for three paths)
+        root = Path(torch.__file__).parent
+        flags = [f for f in _FLAGS if f not in ("-x", "c++")] + [
+            "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-DRESBIN_TORCH={torch.__version__}", "-I", str(root / "include"),
+            "-I", str(root / "include" / "torch" / "csrc" / "api" / "include")]
+        lib = root / "lib"
+        so = _compiled(_STEP_SRC, flags, "the one-node step", sources=(_SRC,),
+                       link=("-L", str(lib), "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib}"))
+        torch.ops.load_library(str(so))
+        _step = torch.ops.resbin
+    return _step
+
+
+def loops_apply(*tensors) -> bool:
     """Whether the C loops apply: contiguous float32 CPU tensors (None: an absent operand)."""
     for t in tensors:
         if t is not None and not (t.is_cpu and t.dtype is _F32 and t.is_contiguous()):
@@ -149,7 +186,7 @@ def _torch_quant_backward(g, noise, s, y1, q, m):
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """Brevitas' `binary_sign`: +1 where x >= 0 (also -0.0), else -1 (also NaN)."""
-    if not _c(x):
+    if not loops_apply(x):
         return _torch_sign(x)
     y = torch.empty_like(x)
     library().rb_sign(_p(x), _p(y), x.numel())
@@ -158,7 +195,7 @@ def sign(x: torch.Tensor) -> torch.Tensor:
 
 def clamp_sign_(w: torch.Tensor) -> torch.Tensor:
     """Brevitas' binary weight: the latent weights clamped to [-1, 1] in place, and their sign."""
-    if not _c(w):
+    if not loops_apply(w):
         with torch.no_grad():
             w.clamp_(-1.0, 1.0)
         return _torch_sign(w)
@@ -170,7 +207,7 @@ def clamp_sign_(w: torch.Tensor) -> torch.Tensor:
 def sign_backward(g: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Sign activation's gradient (of `g * noise` if a dropout mask comes first): passed where
     -1 <= x <= 1 (or x is NaN), +0.0 elsewhere."""
-    if not _c(g, x, noise):
+    if not loops_apply(g, x, noise):
         return _torch_sign_backward(g, noise, x)
     out = torch.empty_like(x)
     library().rb_sign_backward(_p(g), _p(noise), _p(x), _p(out), x.numel())
@@ -180,14 +217,14 @@ def sign_backward(g: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None =
 def dropout(x: torch.Tensor, p: float):
     """nn.Dropout in training as aten's CPU dropout computes it, with the same random numbers:
     (y, noise). noise = bernoulli_(1 - p) / (1 - p), y = x * noise."""
-    if _c(x) and serial_bernoulli():
+    if loops_apply(x) and serial_bernoulli():
         noise, y = torch.empty_like(x), torch.empty_like(x)
         state = torch.get_rng_state()
         library().rb_dropout_draw(_p(state), 1 - p, 1 - p, _p(x), _p(noise), _p(y), x.numel())
         torch.set_rng_state(state)
         return y, noise
     noise = torch.empty_like(x).bernoulli_(1 - p)
-    if not _c(x):
+    if not loops_apply(x):
         noise.div_(1 - p)
         return x * noise, noise
     y = torch.empty_like(x)
@@ -218,7 +255,7 @@ def serial_bernoulli() -> bool:
 
 def input_quant(x: torch.Tensor, div: float, s: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """clamp(round((x / div) / s), lo, hi) * s (Brevitas' input quantizer after the input scaling)."""
-    if not _c(x) or s.dtype != torch.float32:
+    if not loops_apply(x) or s.dtype != torch.float32:
         return torch.clamp(torch.round((x / div) / s), lo, hi) * s
     y = torch.empty_like(x)
     library().rb_input_quant(_p(x), div, float(s), lo, hi, _p(y), x.numel())
@@ -229,7 +266,7 @@ def quant_forward(x: torch.Tensor, s: float, lo: float, hi: float, ste_clamp: bo
     """Brevitas' `IntQuant` (zero point 0) of x (or of x + b): clamp(round(x / s), lo, hi) * s.
     Returns (y, (y1, q, m)): what `quant_backward` needs; m is the clamp's gradient mask (None for
     a straight-through clamp)."""
-    if not _c(x, b):
+    if not loops_apply(x, b):
         y, y1, q, m = _torch_quant_forward(x, b, s, lo, hi, not ste_clamp)
         return y, (y1, q, m)
     y, y1, q = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
@@ -244,7 +281,7 @@ def quant_backward(g: torch.Tensor, s: float, saved, noise: torch.Tensor | None 
     mul's backward (g * q) and div's (-g * ((x / s) / s)), each summed to s's shape ();
     sum(-a) == -sum(a) exactly, so the second term is subtracted."""
     y1, q, m = saved
-    if not _c(g, noise, y1, q, m):
+    if not loops_apply(g, noise, y1, q, m):
         gx, gq, t = _torch_quant_backward(g, noise, s, y1, q, m)
     else:
         gx, gq, t = torch.empty_like(y1), torch.empty_like(y1), torch.empty_like(y1)
@@ -255,7 +292,7 @@ def quant_backward(g: torch.Tensor, s: float, saved, noise: torch.Tensor | None 
 
 def absmax(w: torch.Tensor):
     """(max |w| as a 0-dim tensor, how many elements reach it)."""
-    if not _c(w):
+    if not loops_apply(w):
         aw = torch.abs(w)
         a = torch.max(aw)
         return a, int((aw == a).sum())
@@ -266,7 +303,7 @@ def absmax(w: torch.Tensor):
 
 def add_at_absmax_(gx: torch.Tensor, w: torch.Tensor, a: torch.Tensor, share: float) -> None:
     """max's backward (ties share the gradient) through abs: gx += sgn(w) * share where |w| == a."""
-    if not _c(gx, w):
+    if not loops_apply(gx, w):
         at = torch.nonzero((torch.abs(w) == a).view(-1)).view(-1)
         gx.view(-1).index_add_(0, at, w.view(-1)[at].sgn() * share)
         return

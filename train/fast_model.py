@@ -28,7 +28,10 @@ Once every activation quantizer has its learned scale (after Brevitas' 100 stati
 training step runs the whole network as ONE autograd node (`_Network`: `FastPath._forward` and
 `_backward`), the same ops autograd runs for the per-quantizer nodes, written out (linear,
 dropout, aten's batch-norm and its backward, `train.fast_quant`'s helpers); it saves the
-bookkeeping of ~60 autograd nodes a step.
+bookkeeping of ~60 autograd nodes a step. On CPUs that node's forward and backward are C++
+(`train/fast_step.cpp`: the same ATen ops and C loops, called without ~110 Python-level calls a
+step); the Python step is its reference (tests) and runs on GPUs and for inputs the loops do
+not take.
 
 Outputs, gradients, parameters after Adam steps and the quantizers' statistics are Brevitas' own,
 compared with torch.equal (tests/test_fast_train.py). Two differences are in the sign of zeros
@@ -49,6 +52,7 @@ from brevitas.nn import QuantLinear
 from train import fast_kernels as K
 from train.fast_quant import (ActQuantizer, SignSTE, WeightQuantizer, binary_weight, check_zero_point,
                               learned_act_backward, weight_quant_backward, weight_quant_forward)
+from train.models import NHWCMaxPool
 
 
 class FastPath:
@@ -56,11 +60,12 @@ class FastPath:
     Build it after the model is on its device and after any `load_state_dict` (Brevitas re-creates
     its quantizer modules then); it reads the modules' training flags and statistics live."""
 
-    def __init__(self, model):
+    def __init__(self, model, native: bool = True):
         if not model.binary:
             raise ValueError("FastPath is for binary models; a float model is plain torch already")
         self.model = m = model
-        if m.output.weight.device.type == "cpu":
+        cpu = m.output.weight.device.type == "cpu"
+        if cpu:
             K.library()  # compiled now (once per machine), not in the middle of the first epoch
         tq = m.input_quant.act_quant.fused_activation_quant_proxy.tensor_quant
         with torch.no_grad():
@@ -77,6 +82,10 @@ class FastPath:
         self.quants = [q for q in (self.add_quant, self.add_requant, self.head_quant) if q is not None]
         self.params = [p for p in m.parameters() if p.requires_grad]
         self.plan = self._plan()
+        # the one-node step in C++ (train/fast_step.cpp) on CPUs; `native=False`: the Python step
+        # below, its reference (and the GPU path)
+        self.native = self._native_args() if native and cpu else None
+        self.ops = K.step_ops() if self.native is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.model.training and all(q.learned() for q in self.quants):
@@ -126,6 +135,56 @@ class FastPath:
         sc = m.shortcut
         shortcut = None if sc is None else (sc.pool, sc.linear.weight, sc.linear.bias, _BatchNorm.of(sc.bn))
         return blocks, shortcut, _dropout_p(m.head_dropout)
+
+    def _native_args(self):
+        """(T, D, I, slots): the tensors, floats and integers that describe the model to
+        `train/fast_step.cpp` (its `Net` reads them in this order), and for each of `self.params`
+        its index in T (None: not there, no gradient). None where the C++ step does not apply."""
+        m = self.model
+        blocks, shortcut, head_p = self.plan
+        T, D, I = [], [], []
+
+        def batch_norm(bn):
+            I.append(int(bn is not None))
+            D.extend([float("nan") if bn is None or bn.momentum is None else bn.momentum, bn.eps if bn else 0.0])
+            T.extend([bn.weight, bn.bias, bn.mean, bn.var, bn.count] if bn else [None] * 5)
+
+        def weight_quant(q):
+            I.append(int(q.ste_clamp))
+            D.extend([q.threshold, q.clamp_min, q.clamp_min_restricted, q.lo, q.hi])
+
+        def act_quant(q):
+            I.append(int(q.ste_clamp))
+            D.extend([q.clamp_min, q.threshold, q.lo, q.hi])
+            T.append(q.si.value)
+
+        I += [len(blocks), int(shortcut is not None), int(K.serial_bernoulli())]
+        D += [m.input_div, float(self.in_scale), self.in_lo, self.in_hi]
+        for sign_in, p, w, b, bn in blocks:
+            I += [int(sign_in), int(p is not None)]
+            D.append(1.0 if p is None else 1 - p)
+            T += [w, b]
+            batch_norm(bn)
+        if shortcut is not None:
+            pool, ws, bs, bn = shortcut
+            if pool is not None and not isinstance(pool, NHWCMaxPool):
+                return None
+            I += [int(pool is not None), *(pool.hwc if pool is not None else (0, 0, 0)),
+                  *(pool.kernel if pool is not None else (0, 0)), int(self.shortcut_weight is not None)]
+            if self.shortcut_weight is not None:
+                weight_quant(self.shortcut_weight)
+            T += [ws, bs]
+            batch_norm(bn)
+            act_quant(self.add_quant)
+            act_quant(self.add_requant)
+        else:
+            act_quant(self.head_quant)
+        I.append(int(head_p is not None))
+        D.append(1.0 if head_p is None else 1 - head_p)
+        weight_quant(self.output_weight)
+        T.append(self.output_weight.linear.weight)
+        index = {id(t): i for i, t in enumerate(T) if t is not None}
+        return T, D, I, [index.get(id(p)) for p in self.params]
 
     def _forward(self, x: torch.Tensor):
         blocks, shortcut, head_p = self.plan
@@ -255,13 +314,23 @@ class _Network(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, path, x, *params):
-        logits, ctx.tape = path._forward(x)
         ctx.path = path
+        ctx.native = path.native is not None and K.loops_apply(x)
+        if ctx.native:
+            T, D, I, _ = path.native
+            logits, ctx.tape = path.ops.step_forward(x, T, D, I)
+        else:
+            logits, ctx.tape = path._forward(x)
         return logits
 
     @staticmethod
     def backward(ctx, g):
         path = ctx.path
+        if ctx.native:
+            T, D, I, slots = path.native
+            grads = path.ops.step_backward(g, ctx.tape, T, D, I)
+            del ctx.tape
+            return (None, None, *[None if i is None else grads[i] for i in slots])
         grads = path._backward(g, ctx.tape)
         del ctx.tape
         out = []

@@ -318,8 +318,8 @@ def _train_locked(spec, rec, ds, run: Path, dev, config: dict, *, options, seed,
     seed_all(seed)
     net = build_model(spec, ds.n_inputs, ds.n_outputs, options, ds.image_shape, input_max=ds.input_max).to(dev)
     if trainer == "fast" and spec.binary and torch.device(dev).type == "cpu":
-        from train.fast_kernels import library
-        library()  # a missing compiler stops the run here, before the teacher's minutes
+        from train.fast_kernels import library, step_ops
+        library(), step_ops()  # built now: a missing compiler stops the run before the teacher's minutes
     teacher, teacher_acc = None, None
     if rec.distill_alpha > 0 and spec.binary:
         teacher, teacher_acc = train_teacher(spec, rec, ds, train, run, seed, dev, progress)
