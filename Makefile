@@ -153,7 +153,7 @@ bench-sweep: $(STAMP) ## the thesis sweeps on the whole training set (width 128:
 bench-search: $(STAMP) ## the MNIST search for the Z2 at 1M fps (widths 64-256, 2/4/8-bit input and shortcut) -> docs/results/mnist-z2-search/
 	$(PY) -m dse search --dataset mnist --board Pynq-Z2 --target-fps 1e6 $(bench_args) --report docs/results/mnist-z2-search
 
-bench-train: $(STAMP) ## training steps/s of binary (fast path, Brevitas) vs float at batch 32/128, 1 and 2 threads + one epoch end to end -> docs/results/train-speed.md
+bench-train: $(STAMP) ## training steps/s of binary (fast path, Brevitas) vs float at batch 32/128, 1 and 2 threads, every variant kind + one epoch end to end -> docs/results/train-speed.md
 	$(PY) -m bench.train_speed --out docs/results/train-speed.md
 
 docker-build:    ## build the FINN/Vivado toolchain image (Vivado is mounted from the host at run time)

@@ -8,7 +8,8 @@ interleaved (path A, B, C, A, B, C, ...), so load from other processes hits ever
 medians are reported with the time ratio to the float model. Binary models are first stepped
 past Brevitas' 100 statistics steps (the steady state of a long run). Wall clock and process CPU
 time are both given; on a shared machine the CPU-time ratio is the steadier one. Measured at each
-torch thread count of --threads (1, and 2: the trainer's). Beside it, the optimizer step alone
+torch thread count of --threads (1, and 2: the trainer's). Then every other variant kind (--kinds: no / P / F
+shortcut, 1 to 4 layers) against the float model of its widths, the same way. Beside it, the optimizer step alone
 (Adam on fixed gradients) of each model and its parameter count: the part of a step that grows
 with the parameters, not with the batch.
 Part 2, one epoch end to end: `python -m train --recipe thesis --epochs 1` (50,000 real MNIST
@@ -30,10 +31,20 @@ from train.cli_types import TRAIN_THREADS
 
 BINARY = "B-D128N,D88N,D88N,QN,D"
 FLOAT = "F-128,88,88"
+# the other variant kinds beside BINARY: no / P / F shortcut at 3 layers, Q at 1, 2 and 4 layers
+KINDS = ("B-D128N,D88N,D88N,D", "B-D128N,D88N,D88N,PN,D", "B-D128N,D88N,D88N,FN,D", "B-D128N,QN,D",
+         "B-D128N,D88N,QN,D", "B-D128N,D88N,D88N,D88N,QN,D")
 
 
 class BenchError(ValueError):
     """Bad arguments."""
+
+
+def _float_baseline(binary: str) -> str:
+    """The plain float MLP of the binary model's widths (the issue's reference)."""
+    from train.spec import ModelSpec
+
+    return "F-" + ",".join(str(w) for w in ModelSpec.parse(binary).widths)
 
 
 def _float_twin(binary: str) -> str:
@@ -133,6 +144,23 @@ def measure_steps(paths: dict[str, tuple[str, str]], batches, reps: int, steps: 
     return rows
 
 
+def measure_kinds(kinds, batches, reps: int, steps: int, warmup: int, threads: int) -> list[dict]:
+    """Each binary variant's fast step against its float baseline, all interleaved in one loop."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rows = []
+    for batch in batches:
+        names = list(dict.fromkeys([*kinds, *(_float_baseline(k) for k in kinds)]))
+        res = _interleaved({n: _stepper(n, "fast", batch) for n in names}, reps, steps, warmup)
+        for k in kinds:
+            f = _float_baseline(k)
+            rows.append({"threads": threads, "batch": batch, "model": k, "float": f,
+                         "steps_per_cpu_s": res[k][1], "float_steps_per_cpu_s": res[f][1],
+                         "ratio_cpu": res[f][1] / res[k][1], "ratio_wall": res[f][0] / res[k][0]})
+    return rows
+
+
 def measure_epoch(model: str, trainer: str, data_dir: str | None, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "train", "--dataset", "mnist", "--model", model, "--recipe", "thesis",
@@ -150,7 +178,7 @@ def measure_epoch(model: str, trainer: str, data_dir: str | None, threads: int) 
             "test_acc": metrics["test_acc"], "command": " ".join(cmd[1:])}
 
 
-def _report(rows, optim, epochs, args) -> str:
+def _report(rows, optim, epochs, args, kinds=()) -> str:
     lines = ["# Training speed: binary (fast path, Brevitas) vs float", "",
              f"Written by `python -m bench.train_speed` ({' '.join(sys.argv[1:]) or 'defaults'}); "
              f"{args.reps} interleaved repetitions of {args.steps} steps after {args.warmup} warm-up steps; "
@@ -184,6 +212,15 @@ def _report(rows, optim, epochs, args) -> str:
         lines.append(f"- {threads} thread{'s' if threads > 1 else ''}, batch {batch}: binary fast **{fast:.2f}x** "
                      f"({'met' if fast <= 2.0 else 'not met'}); the float model with the binary model's layers "
                      f"and no quantizer is {twin:.2f}x (binary fast / that model: {fast / twin:.2f}).")
+    if kinds:
+        lines += ["", "## Every variant kind: binary fast vs the float model of its widths (time ratios)", "",
+                  "The goal for every variant kind (none / Q / P / F shortcut, 1-4 layers); each binary model "
+                  "and its float baseline measured interleaved in one loop per thread count and batch.", "",
+                  "| threads | batch | binary | float | x float (wall) | x float (CPU) | goal |",
+                  "|---|---|---|---|---|---|---|"]
+        for k in kinds:
+            lines.append(f"| {k['threads']} | {k['batch']} | `{k['model']}` | `{k['float']}` | {k['ratio_wall']:.2f} | "
+                         f"{k['ratio_cpu']:.2f} | {'met' if k['ratio_cpu'] <= 2.0 else 'not met'} |")
     if optim:
         lines += ["", "## The optimizer step alone (Adam on fixed gradients; grows with the parameters, not the batch)",
                   "", "| threads | model | parameters | ms (wall) | ms (CPU) |", "|---|---|---|---|---|"]
@@ -213,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default=f"1,{TRAIN_THREADS}",
                    help=f"torch CPU thread counts to measure at (default 1,{TRAIN_THREADS}: the trainer's is "
                         f"{TRAIN_THREADS}, also the end-to-end epochs')")
+    p.add_argument("--kinds", default=";".join(KINDS),
+                   help="binary variants measured against the float model of their widths, ';'-separated "
+                        "(default: the other shortcut kinds and depths; '' skips them)")
     p.add_argument("--no-epoch", action="store_true", help="skip the end-to-end epochs")
     p.add_argument("--data-dir", help="MNIST folder (default $RESBIN_DATA/mnist or the cache)")
     return p
@@ -237,6 +277,8 @@ def main(argv=None) -> int:
              "float": (args.float_model, "brevitas"), "float, binary's topology": (_float_twin(args.binary), "brevitas")}
     try:
         rows = [r for t in threads for r in measure_steps(paths, batches, args.reps, args.steps, args.warmup, t)]
+        kinds = [k for k in args.kinds.split(";") if k]
+        kind_rows = [r for t in threads for r in measure_kinds(kinds, batches, args.reps, args.steps, args.warmup, t)]
         optim = [o for t in threads for o in measure_optimizer([args.binary, args.float_model], args.reps,
                                                                args.steps, t)]
         runs = ((args.binary, "fast"), (args.binary, "brevitas"), (args.float_model, "fast"))
@@ -249,8 +291,8 @@ def main(argv=None) -> int:
         return 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_report(rows, optim, epochs, args))
-    out.with_suffix(".json").write_text(json.dumps({"steps": rows, "optimizer": optim, "epochs": epochs,
+    out.write_text(_report(rows, optim, epochs, args, kind_rows))
+    out.with_suffix(".json").write_text(json.dumps({"steps": rows, "kinds": kind_rows, "optimizer": optim, "epochs": epochs,
                                                     "cpu_count": os.cpu_count()}, indent=2) + "\n")
     print(out.read_text())
     return 0
