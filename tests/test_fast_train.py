@@ -337,6 +337,28 @@ def test_missing_compiler_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch, 
     assert not (tmp_path / "run" / "teacher.pt").exists()  # stopped before the distilling recipe's teacher
 
 
+def test_failing_compile_is_a_one_line_error_and_leaves_no_library(mnist_dir, tmp_path, monkeypatch, capsys):
+    """A compiler that fails (e.g. torch's headers missing) stops the run before the teacher with one
+    line naming the file and the compiler's first error; nothing half-written stays in the cache."""
+    from train import __main__ as cli
+    from train import fast_kernels as K
+
+    fake = tmp_path / "fake-g++"
+    fake.write_text("#!/bin/sh\necho 'fatal error: ATen/ATen.h: No such file or directory' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setattr(K, "_step", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(fake))
+    rc = cli.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--model", "B-D24N,QN,D", "--epochs", "1",
+                   "--limit", "64", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and "compiling fast_kernels.c" in err[-1] and "ATen/ATen.h: No such file" in err[-1]
+    assert "--trainer brevitas" in err[-1] and all("Traceback" not in ln for ln in err)
+    assert not list((tmp_path / "cache").rglob("*.so")) and not (tmp_path / "run" / "teacher.pt").exists()
+
+
 @pytest.mark.parametrize("n", [1, 311, 624, 625, 2000, 100352])
 def test_dropout_draws_torchs_own_random_numbers(n):
     """The fast dropout reproduces torch's CPU bernoulli_ stream (serial MT19937 kernel) bit for bit,

@@ -89,7 +89,8 @@ def _compiled(src: Path, flags: list[str], what: str, *, sources: tuple[Path, ..
         if res.returncode != 0:
             os.unlink(tmp)
             errors = [ln for ln in res.stderr.splitlines() if "error" in ln] or res.stderr.strip().splitlines() or ["?"]
-            raise KernelBuildError(f"compiling {src.name} ({what}) with {cxx} failed: {errors[0]}")
+            raise KernelBuildError(f"compiling {src.name} ({what}) with {cxx} failed: {errors[0].strip()} "
+                                   "(or train with --trainer brevitas)")
         os.replace(tmp, so)
     return so
 
