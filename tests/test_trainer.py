@@ -144,6 +144,21 @@ def test_random_shift_moves_images_within_bounds():
     assert not all(torch.equal(out[0], o) for o in out[1:])  # per-image shifts
 
 
+@pytest.mark.parametrize("shape,max_px,n", [((28, 28, 1), 1, 128), ((28, 28, 1), 3, 7), ((32, 32, 3), 2, 33)])
+def test_random_shift_is_the_window_of_the_padded_image(shape, max_px, n):
+    """Its definition, image by image: the window at the drawn offset of the zero-padded image,
+    with the offsets drawn as randint(0, 2 max_px + 1, (2, n)) from the generator."""
+    h, w, c = shape
+    x = torch.randint(0, 256, (n, h * w * c), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    out = random_shift(x, shape, max_px, torch.Generator().manual_seed(5))
+    d = torch.randint(0, 2 * max_px + 1, (2, n), generator=torch.Generator().manual_seed(5))
+    padded = torch.zeros(n, h + 2 * max_px, w + 2 * max_px, c, dtype=torch.uint8)
+    padded[:, max_px:max_px + h, max_px:max_px + w] = x.reshape(n, h, w, c)
+    for b in range(n):
+        ref = padded[b, d[0, b]:d[0, b] + h, d[1, b]:d[1, b] + w].reshape(-1)
+        assert torch.equal(out[b], ref), f"image {b}"
+
+
 def test_recipes():
     assert get_recipe("thesis").optimizer == "rmsprop" and get_recipe("thesis").batch_size == 32
     assert get_recipe("thesis").lr == 1e-3 and get_recipe("thesis").epochs == 10

