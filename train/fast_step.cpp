@@ -39,12 +39,17 @@ const float *f32_or_null(const Tensor &t) { return t.defined() ? t.data_ptr<floa
 
 // ---- the model, read from (T, D, I) ----------------------------------------------------------
 
+struct Param {  // a tensor of T and its index (gradients are returned at that index)
+  Tensor t;
+  int64_t index = -1;
+};
+
 struct Reader {
   const TensorList &T;
   c10::ArrayRef<double> D;
   c10::ArrayRef<int64_t> I;
   size_t ti = 0, di = 0, ii = 0;
-  std::pair<Tensor, int64_t> t() {
+  Param t() {
     TORCH_CHECK(ti < T.size(), "resbin step: too few tensors");
     std::optional<Tensor> o = T.get(ti);
     return {o.has_value() ? *o : Tensor(), (int64_t)ti++};
@@ -59,11 +64,6 @@ struct Reader {
   }
 };
 
-struct Param {  // a tensor of T and its index (gradients are returned at that index)
-  Tensor t;
-  int64_t index = -1;
-};
-
 struct BatchNorm {
   bool present = false;
   Param weight, bias;
@@ -73,13 +73,11 @@ struct BatchNorm {
     present = r.i() != 0;
     momentum = r.d();
     eps = r.d();
-    auto [w, wi] = r.t();
-    auto [b, bi] = r.t();
-    weight = {w, wi};
-    bias = {b, bi};
-    mean = r.t().first;
-    var = r.t().first;
-    count = r.t().first;
+    weight = r.t();
+    bias = r.t();
+    mean = r.t().t;
+    var = r.t().t;
+    count = r.t().t;
   }
 };
 
@@ -106,8 +104,7 @@ struct ActQuant {  // a learned-scale activation quantizer (train/fast_quant.py:
     threshold = r.d();
     lo = r.d();
     hi = r.d();
-    auto [v, vi] = r.t();
-    value = {v, vi};
+    value = r.t();
   }
 };
 
@@ -146,10 +143,8 @@ struct Net {
       b.sign_in = r.i() != 0;
       b.dropout = r.i() != 0;
       b.keep = r.d();
-      auto [w, wi] = r.t();
-      auto [bias, bi] = r.t();
-      b.weight = {w, wi};
-      b.bias = {bias, bi};
+      b.weight = r.t();
+      b.bias = r.t();
       b.bn.read(r);
       blocks.push_back(std::move(b));
     }
@@ -162,10 +157,8 @@ struct Net {
       kw = r.i();
       sc_quantized = r.i() != 0;
       if (sc_quantized) sc_wq.read(r);
-      auto [w, wi] = r.t();
-      auto [bias, bi] = r.t();
-      sc_weight = {w, wi};
-      sc_bias = {bias, bi};
+      sc_weight = r.t();
+      sc_bias = r.t();
       sc_bn.read(r);
       add_q.read(r);
       add_rq.read(r);
@@ -175,8 +168,7 @@ struct Net {
     head_dropout = r.i() != 0;
     head_keep = r.d();
     out_wq.read(r);
-    auto [w, wi] = r.t();
-    out_weight = {w, wi};
+    out_weight = r.t();
     TORCH_CHECK(r.ti == T.size() && r.di == D.size() && r.ii == I.size(), "resbin step: unread arguments");
   }
 };
